@@ -1,0 +1,1 @@
+"""lstm-stream-worker: serve recurrent Keras models over Kafka, one step per event."""

@@ -1,0 +1,283 @@
+"""The worker loop: the one place where Kafka I/O and the model step meet.
+
+poll -> decode (bad records to the dead-letter topic) -> batch by key -> resolve states
+-> one batched model step -> predictions -> at commit points: flush predictions, write
+dirty states, commit input offsets below the lowest unprocessed event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Protocol
+
+import numpy as np
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from worker.batching import Batcher, Round
+from worker.codec import CodecError, decode_event, dead_letter_headers, encode_prediction
+from worker.config import RunConfig
+from worker.kafka.output import OutputProducer
+from worker.kafka.reader import TopicReader
+from worker.kafka.topics import ensure_worker_topics
+from worker.metrics import Metrics
+from worker.state.cache import StateCache
+from worker.state.store import StateStore
+
+log = logging.getLogger(__name__)
+
+
+class StepModel(Protocol):
+    """What the loop needs of the model: a batched, masked, state-carrying step."""
+
+    features: int
+    state_sizes: list[int]
+    state_dim: int
+
+    def step(self, x: np.ndarray, mask: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class Worker:
+    """One consumer-group member. `run()` returns after `stop()` with everything committed."""
+
+    def __init__(self, config: RunConfig, model: StepModel, fingerprint: str, metrics: Metrics) -> None:
+        self.config = config
+        self.model = model
+        self.fingerprint = fingerprint
+        self.metrics = metrics
+        self.partitions = ensure_worker_topics(
+            AdminClient(config.kafka.admin()), input_topic=config.input_topic, output_topic=config.output_topic,
+            state_topic=config.state_topic, dlq_topic=config.dlq_topic)
+        kafka = config.kafka
+        reader = TopicReader(kafka.consumer(config.group_id + ".state-reader"), config.state_topic)
+        self.store = StateStore(StateCache(config.cache_keys, model.state_dim), reader, model.state_sizes,
+                                fingerprint, metrics)
+        self.producer = OutputProducer(kafka.producer(), config.state_topic, self.store.delivered)
+        self.consumer = Consumer(kafka.consumer(config.group_id, **{"partition.assignment.strategy": "cooperative-sticky"}))
+        self.batcher = Batcher(config.round_keys, config.max_steps, config.max_delay_ms)
+        self._assigned: set[int] = set()
+        self._restoring: set[int] = set()
+        self._next_offset: dict[int, int] = {}
+        self._committed: dict[int, int] = {}
+        self._stopping = False
+        self._joined = False
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish its round, commit and leave (safe from a signal handler)."""
+        self._stopping = True
+
+    def ready(self) -> bool:
+        return self._joined and not self._restoring
+
+    def run(self) -> None:
+        cfg = self.config
+        self.consumer.subscribe([cfg.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_lost)
+        log.info("worker started group=%s input=%s partitions=%d model=%s", cfg.group_id, cfg.input_topic,
+                 self.partitions, self.fingerprint)
+        next_commit = time.monotonic() + cfg.commit_interval_ms / 1000.0
+        try:
+            while not self._stopping:
+                msgs = self.consumer.consume(num_messages=cfg.poll_batch, timeout=self._poll_timeout())
+                if self._restoring:
+                    self._restore()
+                for msg in msgs:
+                    self._accept(msg)
+                caught_up = len(msgs) < cfg.poll_batch
+                while self.batcher.ready(time.monotonic(), caught_up):
+                    self._run_round()
+                self.producer.poll()
+                if time.monotonic() >= next_commit:
+                    self._commit_point()
+                    next_commit = time.monotonic() + cfg.commit_interval_ms / 1000.0
+            self._commit_point()
+        finally:
+            self.consumer.close()
+            self.store.reader.close()
+            log.info("worker stopped")
+
+    def _poll_timeout(self) -> float:
+        if len(self.batcher):
+            return max(0.0, self.batcher.max_delay_s - self.batcher.oldest_wait(time.monotonic()))
+        return 0.2
+
+    # -- rebalance ------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Assign paused: no event of a partition is processed before its state is restored."""
+        consumer.incremental_assign(partitions)
+        consumer.pause(partitions)
+        new = {tp.partition for tp in partitions}
+        self._assigned |= new
+        self._restoring |= new
+        self._joined = True
+        self.metrics.assigned_partitions.set(len(self._assigned))
+        log.info("assigned partitions=%s", sorted(new))
+
+    def _restore(self) -> None:
+        partitions = sorted(self._restoring)
+        self.store.restore(partitions)
+        self._restoring.clear()
+        self.consumer.resume([TopicPartition(self.config.input_topic, p) for p in partitions])
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Commit what was processed, then forget the partitions' keys and pending events."""
+        self._commit_point()
+        self._forget({tp.partition for tp in partitions})
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Lost (not revoked): another member may own them already, so write nothing."""
+        log.warning("partitions lost=%s: dropping their unwritten state", sorted(tp.partition for tp in partitions))
+        self._forget({tp.partition for tp in partitions})
+
+    def _forget(self, partitions: set[int]) -> None:
+        for p in partitions:
+            self.batcher.drop_partition(p)
+            self.store.forget(p)
+            self._next_offset.pop(p, None)
+            self._committed.pop(p, None)
+            with contextlib.suppress(KeyError):
+                self.metrics.consumer_lag.remove(str(p))
+        self._assigned -= partitions
+        self._restoring -= partitions
+        self.metrics.assigned_partitions.set(len(self._assigned))
+        log.info("revoked partitions=%s", sorted(partitions))
+
+    # -- events ---------------------------------------------------------------------
+
+    def _accept(self, msg: Message) -> None:
+        error = msg.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                if error.fatal():
+                    raise KafkaException(error)
+                log.warning("consumer error: %s", error)
+            return
+        p, offset = msg.partition(), msg.offset()
+        self._next_offset[p] = offset + 1
+        key = msg.key()
+        if key is None:
+            self._dead_letter(msg, "no_key", "a record without a key cannot have state")
+            return
+        try:
+            event = decode_event(msg.value(), features=self.model.features, partition=p, offset=offset,
+                                 record_ts=msg.timestamp()[1], max_bytes=self.config.max_event_bytes)
+        except CodecError as exc:
+            self._dead_letter(msg, exc.reason, exc.detail)
+            return
+        self.batcher.add((p, key), event)
+
+    def _dead_letter(self, msg: Message, reason: str, detail: str) -> None:
+        headers = dead_letter_headers(reason, detail, msg.topic() or "", msg.partition(), msg.offset())
+        self.producer.produce(self.config.dlq_topic, msg.key(), msg.value(), msg.partition(), headers)
+        self.metrics.dead_letters.labels(reason).inc()
+        self.metrics.events.labels("dead_letter").inc()
+        log.info("dead letter reason=%s partition=%d offset=%d detail=%s", reason, msg.partition(), msg.offset(), detail)
+
+    # -- rounds ---------------------------------------------------------------------
+
+    def _run_round(self) -> None:
+        cache = self.store.cache
+        if cache.room() < self.batcher.max_keys:
+            self._write_states()
+        rnd = self.batcher.take()
+        rows = self.store.resolve(rnd.ids)
+        kept, rows = self._drop_applied(rnd, rows)
+        if not kept.ids:
+            return
+        x, mask, lengths = kept.pack(self.model.features)
+        state = cache.states[rows]
+        for b, events in enumerate(kept.events):
+            if events[0].reset:
+                state[b] = 0.0
+                cache.step[rows[b]] = 0
+        started = time.perf_counter()
+        y, new_state = self.model.step(x, mask, state)
+        self.metrics.step_seconds.observe(time.perf_counter() - started)
+        cache.states[rows] = new_state
+        self._publish(kept, rows, y)
+        self.metrics.round_keys.observe(len(kept.ids))
+        self.metrics.round_steps.observe(int(lengths.max()))
+
+    def _drop_applied(self, rnd: Round, rows: np.ndarray) -> tuple[Round, np.ndarray]:
+        """Events at or below a key's `src` are in its state already: never apply them twice."""
+        src = self.store.cache.src
+        stale = [i for i, events in enumerate(rnd.events) if events[0].offset <= src[rows[i]]]
+        if not stale:
+            return rnd, rows
+        skipped = 0
+        for i in stale:
+            applied = int(src[rows[i]])
+            fresh = [e for e in rnd.events[i] if e.offset > applied]
+            skipped += len(rnd.events[i]) - len(fresh)
+            rnd.events[i] = fresh
+        self.metrics.events.labels("skipped").inc(skipped)
+        keep = [i for i, events in enumerate(rnd.events) if events]
+        return Round([rnd.ids[i] for i in keep], [rnd.events[i] for i in keep]), rows[keep]
+
+    def _publish(self, rnd: Round, rows: np.ndarray, y: np.ndarray) -> None:
+        cache, produce, topic = self.store.cache, self.producer.produce, self.config.output_topic
+        now_ms = time.time() * 1000.0
+        latency = self.metrics.latency
+        count = 0
+        for b, (eid, events) in enumerate(zip(rnd.ids, rnd.events)):
+            row = int(rows[b])
+            step = int(cache.step[row])
+            partition, key = eid
+            for t, ev in enumerate(events):
+                step += 1
+                produce(topic, key, encode_prediction(y[b, t].tolist(), ts=ev.ts, partition=partition,
+                                                      offset=ev.offset, step=step, model=self.fingerprint), partition)
+                latency.observe(max(0.0, now_ms - ev.ts) / 1000.0)
+            count += len(events)
+            last = events[-1]
+            cache.step[row], cache.src[row], cache.ts[row] = step, last.offset, last.ts
+            if last.end:
+                self.store.end(eid, row, last.offset)
+            else:
+                self.store.continued(eid)
+        self.metrics.predictions.inc(count)
+        self.metrics.events.labels("predicted").inc(count)
+
+    # -- commit points --------------------------------------------------------------
+
+    def _write_states(self) -> None:
+        """Predictions first, then states: a state never gets ahead of its predictions."""
+        self.producer.flush()
+        if self.store.write_dirty(self.producer, self.config.state_topic):
+            self.producer.flush()
+
+    def _commit_point(self) -> None:
+        started = time.perf_counter()
+        self._write_states()
+        pending = self.batcher.min_pending_offsets()
+        offsets = {p: pending.get(p, nxt) for p, nxt in self._next_offset.items() if p in self._assigned}
+        changed = [TopicPartition(self.config.input_topic, p, off) for p, off in offsets.items()
+                   if self._committed.get(p) != off]
+        if changed:
+            try:
+                self.consumer.commit(offsets=changed, asynchronous=False)
+                self._committed.update({tp.partition: tp.offset for tp in changed})
+            except KafkaException as exc:
+                log.warning("offset commit failed (will retry at the next commit point): %s", exc.args[0])
+        if self.store.write_tombstones(self.producer, self.config.state_topic, self._committed):
+            self.producer.flush()
+        self._update_gauges()
+        self.metrics.commit_seconds.observe(time.perf_counter() - started)
+
+    def _update_gauges(self) -> None:
+        cache = self.store.cache
+        self.metrics.cache_keys.set(len(cache))
+        self.metrics.cache_bytes.set(cache.nbytes)
+        for p in self._assigned:
+            try:
+                _, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(self.config.input_topic, p), cached=True)
+            except KafkaException:
+                continue
+            if high >= 0 and p in self._next_offset:
+                self.metrics.consumer_lag.labels(str(p)).set(max(0, high - self._next_offset[p]))

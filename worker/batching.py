@@ -1,0 +1,113 @@
+"""Dynamic batching: pending events grouped by key into rounds of one model call.
+
+A round holds up to `max_keys` keys, each with up to `max_steps` of its pending events
+in offset order. A `reset` event only ever opens a key's slice (it starts from zero
+state) and an `end` event only ever closes one (its state is dropped after it), so one
+masked multi-step call covers every key of the round.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from worker.codec import Event
+from worker.state.cache import EntityId
+
+
+@dataclass(slots=True)
+class Round:
+    """The keys of one model call and, per key, its consecutive events."""
+
+    ids: list[EntityId]
+    events: list[list[Event]]
+
+    def pack(self, features: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Right-padded inputs [keys, steps, features], the valid-step mask, and lengths."""
+        lengths = np.fromiter((len(e) for e in self.events), dtype=np.int64, count=len(self.events))
+        steps = int(lengths.max())
+        x = np.zeros((len(self.events), steps, features), dtype=np.float32)
+        for b, events in enumerate(self.events):
+            for t, event in enumerate(events):
+                x[b, t] = event.x
+        mask = np.arange(steps)[None, :] < lengths[:, None]
+        return x, mask, lengths
+
+
+class Batcher:
+    """Holds decoded events until a round is worth running."""
+
+    def __init__(self, max_keys: int, max_steps: int, max_delay_ms: int) -> None:
+        self.max_keys = max_keys
+        self.max_steps = max_steps
+        self.max_delay_s = max_delay_ms / 1000.0
+        self._queues: dict[EntityId, deque[Event]] = {}
+        self._arrival: dict[EntityId, float] = {}
+        self.pending_events = 0
+
+    def __len__(self) -> int:
+        return self.pending_events
+
+    def add(self, eid: EntityId, event: Event, now: float | None = None) -> None:
+        queue = self._queues.get(eid)
+        if queue is None:
+            queue = self._queues[eid] = deque()
+            self._arrival[eid] = time.monotonic() if now is None else now
+        queue.append(event)
+        self.pending_events += 1
+
+    def oldest_wait(self, now: float) -> float:
+        """Seconds the oldest pending key has waited (0 when nothing is pending)."""
+        if not self._arrival:
+            return 0.0
+        return now - next(iter(self._arrival.values()))
+
+    def ready(self, now: float, caught_up: bool) -> bool:
+        """A round runs when full, when its oldest event waited max_delay, or when caught up."""
+        if not self._queues:
+            return False
+        return caught_up or len(self._queues) >= self.max_keys or self.oldest_wait(now) >= self.max_delay_s
+
+    def take(self) -> Round:
+        """The next round: the keys waiting longest, each with its next slice of events."""
+        ids: list[EntityId] = []
+        events: list[list[Event]] = []
+        for eid, queue in self._queues.items():
+            if len(ids) == self.max_keys:
+                break
+            ids.append(eid)
+            events.append(self._slice(queue))
+        for eid in ids:  # a key with events left keeps its place: they are the oldest
+            if not self._queues[eid]:
+                del self._queues[eid]
+                del self._arrival[eid]
+        self.pending_events -= sum(len(e) for e in events)
+        return Round(ids, events)
+
+    def _slice(self, queue: deque[Event]) -> list[Event]:
+        taken = [queue.popleft()]
+        while queue and len(taken) < self.max_steps and not taken[-1].end and not queue[0].reset:
+            taken.append(queue.popleft())
+        return taken
+
+    def min_pending_offsets(self) -> dict[int, int]:
+        """Per partition, the lowest offset still waiting: offsets below it are processed."""
+        lowest: dict[int, int] = {}
+        for (partition, _), queue in self._queues.items():
+            offset = queue[0].offset
+            if offset < lowest.get(partition, offset + 1):
+                lowest[partition] = offset
+        return lowest
+
+    def drop_partition(self, partition: int) -> int:
+        """Forget a revoked partition's pending events; the next owner re-reads them."""
+        gone = [eid for eid in self._queues if eid[0] == partition]
+        dropped = 0
+        for eid in gone:
+            dropped += len(self._queues.pop(eid))
+            del self._arrival[eid]
+        self.pending_events -= dropped
+        return dropped

@@ -1,0 +1,200 @@
+"""`lstm-worker` command line: run, produce, make-model, verify.
+
+Every option also reads `LSTM_WORKER_<OPTION>` (upper case, dashes as underscores);
+a flag given on the command line wins. librdkafka settings: `-X key=value`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from worker.config import ENV_PREFIX, KafkaConfig, RunConfig, parse_kafka_overrides
+from worker.errors import WorkerError
+
+log = logging.getLogger("worker")
+
+
+def _env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_")
+
+
+def _option(parser: argparse.ArgumentParser, flag: str, kind: Callable[[str], Any] = str,
+            default: Any = None, required: bool = False, **kwargs: Any) -> None:
+    """A flag whose default comes from its environment variable, else `default`."""
+    env = _env_name(flag)
+    raw = os.environ.get(env)
+    if raw is not None:
+        try:
+            default = kind(raw)
+        except (TypeError, ValueError):
+            parser.error(f"{env}={raw!r} is not a valid value for {flag}")
+        required = False
+    help_text = kwargs.pop("help", "")
+    suffix = f" [env {env}" + (f", default {default}]" if default is not None and raw is None else "]")
+    parser.add_argument(flag, type=kind, default=default, required=required, help=help_text + suffix, **kwargs)
+
+
+def _kafka_options(parser: argparse.ArgumentParser) -> None:
+    _option(parser, "--bootstrap-servers", default="127.0.0.1:9092", help="Kafka bootstrap servers")
+    parser.add_argument("-X", dest="kafka_settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="librdkafka setting, e.g. -X security.protocol=SASL_SSL [env LSTM_WORKER_KAFKA_<KEY>]")
+
+
+def _kafka(args: argparse.Namespace) -> KafkaConfig:
+    return KafkaConfig(args.bootstrap_servers, parse_kafka_overrides(args.kafka_settings, os.environ))
+
+
+def _add_run(sub: Any) -> None:
+    p = sub.add_parser("run", help="run one consumer-group member")
+    _kafka_options(p)
+    _option(p, "--model", required=True, help="Keras model file (.keras)")
+    _option(p, "--input-topic", required=True, help="events topic")
+    _option(p, "--output-topic", required=True, help="predictions topic (created if missing)")
+    _option(p, "--state-topic", help="compacted state topic (default INPUT.state)")
+    _option(p, "--dlq-topic", help="dead-letter topic (default INPUT.dlq)")
+    _option(p, "--group-id", default="lstm-worker", help="consumer group")
+    _option(p, "--max-batch-keys", int, 256, help="keys per model round")
+    _option(p, "--max-delay-ms", int, 5, help="how long the oldest pending event may wait for a fuller round")
+    _option(p, "--max-steps", int, 16, help="steps per key per round")
+    _option(p, "--cache-keys", int, 100_000, help="states kept in memory (LRU); the rest are read back from the state topic")
+    _option(p, "--commit-interval-ms", int, 1000, help="time between commit points")
+    _option(p, "--metrics-host", default="0.0.0.0", help="bind address of /metrics, /healthz, /readyz")
+    _option(p, "--metrics-port", int, 9100, help="port of /metrics, /healthz, /readyz (0: none)")
+    _option(p, "--max-event-bytes", int, 1_048_576, help="larger events go to the dead-letter topic (too_large)")
+    _option(p, "--poll-batch", int, 4096, help="records per consume() call")
+    _option(p, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+
+
+def _add_make_model(sub: Any) -> None:
+    p = sub.add_parser("make-model", help="write the reference model (4 -> LSTM 100 -> LSTM 200 -> Dense 1)")
+    _option(p, "--out", required=True, help="output .keras path")
+    _option(p, "--features", int, 4, help="input features per event")
+    _option(p, "--units", default="100,200", help="units of each recurrent layer, comma-separated")
+    _option(p, "--cell", default="lstm", choices=["lstm", "gru", "simple"], help="recurrent cell")
+    _option(p, "--seed", int, 0, help="weight seed")
+
+
+def _add_produce(sub: Any) -> None:
+    p = sub.add_parser("produce", help="produce synthetic events, keys shuffled together")
+    _kafka_options(p)
+    _option(p, "--topic", required=True, help="events topic (created with --partitions if missing)")
+    _option(p, "--keys", int, 100, help="distinct keys")
+    _option(p, "--events-per-key", int, 50, help="events per key")
+    _option(p, "--features", int, 4, help="features per event")
+    _option(p, "--rate", float, 0.0, help="events per second (0: as fast as possible)")
+    _option(p, "--seed", int, 0, help="random seed of values and interleaving")
+    _option(p, "--partitions", int, 4, help="partitions when the topic is created")
+    _option(p, "--x-format", default="bytes", choices=["bytes", "list"], help="x as float32 bytes or a list")
+
+
+def _add_verify(sub: Any) -> None:
+    p = sub.add_parser("verify", help="check every prediction against the model on the full history")
+    _kafka_options(p)
+    _option(p, "--model", required=True, help="the Keras model file the workers serve")
+    _option(p, "--input-topic", required=True, help="events topic")
+    _option(p, "--output-topic", required=True, help="predictions topic")
+    _option(p, "--tolerance", float, 1e-5, help="largest accepted absolute difference")
+    _option(p, "--timeout-s", float, 60.0, help="give up when no new prediction arrived for this long")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lstm-worker", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_run, _add_make_model, _add_produce, _add_verify):
+        add(sub)
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from worker.app import Worker
+    from worker.metrics import HealthServer, Metrics
+    from worker.model import StreamingTwin, fingerprint, load_model
+
+    config = RunConfig(
+        kafka=_kafka(args), model_path=args.model, input_topic=args.input_topic, output_topic=args.output_topic,
+        state_topic=args.state_topic or f"{args.input_topic}.state", dlq_topic=args.dlq_topic or f"{args.input_topic}.dlq",
+        group_id=args.group_id, max_batch_keys=args.max_batch_keys, max_delay_ms=args.max_delay_ms,
+        max_steps=args.max_steps, cache_keys=args.cache_keys, commit_interval_ms=args.commit_interval_ms,
+        metrics_host=args.metrics_host, metrics_port=args.metrics_port, max_event_bytes=args.max_event_bytes,
+        poll_batch=args.poll_batch)
+    model = load_model(config.model_path)
+    twin = StreamingTwin.from_model(model)
+    metrics = Metrics()
+    worker = Worker(config, twin, fingerprint(model), metrics)
+    server = None
+    if config.metrics_port:
+        server = HealthServer(metrics, worker.ready, config.metrics_host, config.metrics_port)
+        server.start()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: worker.stop())
+    try:
+        worker.run()
+    finally:
+        if server is not None:
+            server.stop()
+    return 0
+
+
+def _cmd_make_model(args: argparse.Namespace) -> int:
+    from worker.model import fingerprint
+    from worker.model.reference import make_reference_model, save_model
+
+    try:
+        units = [int(u) for u in args.units.split(",")]
+    except ValueError as exc:
+        raise WorkerError(f"--units {args.units!r}: expected comma-separated integers, e.g. 100,200") from exc
+    model = make_reference_model(features=args.features, units=units, cell=args.cell, seed=args.seed)
+    save_model(model, args.out)
+    print(f"model written: {args.out} fingerprint={fingerprint(model)} params={model.count_params()}")
+    return 0
+
+
+def _cmd_produce(args: argparse.Namespace) -> int:
+    from worker.synthetic import produce_synthetic
+
+    sent = produce_synthetic(_kafka(args), topic=args.topic, keys=args.keys, events_per_key=args.events_per_key,
+                             features=args.features, rate=args.rate, seed=args.seed, partitions=args.partitions,
+                             x_format=args.x_format)
+    print(f"produced {sent.events} events for {args.keys} keys to {args.topic} in {sent.seconds:.2f} s "
+          f"({sent.events / max(sent.seconds, 1e-9):,.0f} events/s)")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from worker.verify import verify
+
+    report = verify(_kafka(args), model_path=args.model, input_topic=args.input_topic,
+                    output_topic=args.output_topic, tolerance=args.tolerance, timeout_s=args.timeout_s)
+    print(json.dumps(report.as_dict()) if args.json else report.summary())
+    return 0 if report.ok else 1
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _cmd_run, "make-model": _cmd_make_model, "produce": _cmd_produce, "verify": _cmd_verify,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        return _COMMANDS[args.command](args)
+    except WorkerError as exc:
+        log.error("%s", exc)
+        print(f"lstm-worker {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

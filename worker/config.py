@@ -1,0 +1,146 @@
+"""Worker configuration: one frozen, typed object, validated once, and the librdkafka dicts.
+
+Every option comes from a CLI flag or an `LSTM_WORKER_<OPTION>` environment variable
+(flags win). librdkafka settings pass through as `-X key=value` or as
+`LSTM_WORKER_KAFKA_<KEY>` (dots as underscores, e.g. LSTM_WORKER_KAFKA_SASL_MECHANISM).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from worker.errors import ConfigError
+
+ENV_PREFIX = "LSTM_WORKER_"
+KAFKA_ENV_PREFIX = ENV_PREFIX + "KAFKA_"
+
+# librdkafka settings the worker owns: overriding them would break the commit protocol.
+_RESERVED_KAFKA_KEYS = frozenset(
+    {"enable.auto.commit", "enable.auto.offset.store", "group.id", "enable.idempotence", "acks"}
+)
+
+
+def parse_kafka_overrides(pairs: list[str], environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """Merge `LSTM_WORKER_KAFKA_*` variables and `-X key=value` flags (flags win)."""
+    merged: dict[str, str] = {}
+    for name, value in environ.items():
+        if name.startswith(KAFKA_ENV_PREFIX) and len(name) > len(KAFKA_ENV_PREFIX):
+            merged[name[len(KAFKA_ENV_PREFIX) :].lower().replace("_", ".")] = value
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"-X {pair!r}: expected key=value, e.g. -X security.protocol=SASL_SSL")
+        merged[key.strip()] = value
+    reserved = sorted(_RESERVED_KAFKA_KEYS & merged.keys())
+    if reserved:
+        raise ConfigError(
+            f"-X {', '.join(reserved)}: set by the worker itself (commit protocol); remove it"
+        )
+    return tuple(sorted(merged.items()))
+
+
+def redact(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy safe to log: secrets replaced by '***'."""
+    secret_words = ("password", "secret", "sasl.oauthbearer.config", "ssl.key.pem", "token")
+    return {
+        k: ("***" if any(w in k for w in secret_words) else v)
+        for k, v in settings.items()
+        if not callable(v)
+    }
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """How to reach the cluster: bootstrap servers plus pass-through librdkafka settings."""
+
+    bootstrap_servers: str
+    overrides: tuple[tuple[str, str], ...] = ()
+
+    def common(self) -> dict[str, Any]:
+        settings: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}
+        settings.update(self.overrides)
+        return settings
+
+    def producer(self, **extra: Any) -> dict[str, Any]:
+        """Idempotent producer: retries cannot duplicate or reorder a partition's records."""
+        settings = {
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "queue.buffering.max.messages": 1_000_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+            "compression.type": "lz4",
+        }
+        settings.update(self.common())
+        settings.update(extra)
+        return settings
+
+    def consumer(self, group_id: str, **extra: Any) -> dict[str, Any]:
+        """Offsets are committed by hand only, after the outputs they cover are durable."""
+        settings = {
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+        }
+        settings.update(self.common())
+        settings.update(extra)
+        return settings
+
+    def admin(self) -> dict[str, Any]:
+        return self.common()
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything `lstm-worker run` needs, validated at construction."""
+
+    kafka: KafkaConfig
+    model_path: str
+    input_topic: str
+    output_topic: str
+    state_topic: str
+    dlq_topic: str
+    group_id: str = "lstm-worker"
+    max_batch_keys: int = 256
+    max_delay_ms: int = 5
+    max_steps: int = 16
+    cache_keys: int = 100_000
+    commit_interval_ms: int = 1000
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9100
+    max_event_bytes: int = 1_048_576
+    poll_batch: int = 4096
+
+    def __post_init__(self) -> None:
+        positive = {
+            "--max-batch-keys": self.max_batch_keys,
+            "--max-steps": self.max_steps,
+            "--cache-keys": self.cache_keys,
+            "--commit-interval-ms": self.commit_interval_ms,
+            "--max-event-bytes": self.max_event_bytes,
+            "--poll-batch": self.poll_batch,
+        }
+        for flag, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{flag} must be at least 1, got {value}")
+        if self.max_delay_ms < 0:
+            raise ConfigError(f"--max-delay-ms must be 0 or more, got {self.max_delay_ms}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"--metrics-port must be 0..65535 (0 = no endpoint), got {self.metrics_port}")
+        topics = [self.input_topic, self.output_topic, self.state_topic, self.dlq_topic]
+        if len(set(topics)) != len(topics):
+            raise ConfigError(
+                "input, output, state and dead-letter topics must all differ, got "
+                + ", ".join(topics)
+            )
+        if not os.path.exists(self.model_path):
+            raise ConfigError(f"--model {self.model_path!r}: no such file; make one with `lstm-worker make-model`")
+
+    @property
+    def round_keys(self) -> int:
+        """Keys per round: a round's states must all fit in the cache at once."""
+        return min(self.max_batch_keys, self.cache_keys)

@@ -1,0 +1,1 @@
+"""Kafka I/O: topics, the output producer and the state-topic reader. Imports nothing of TensorFlow."""

@@ -1,0 +1,69 @@
+"""The one producer for predictions, states and dead letters.
+
+Delivery errors are latched in the callback and raised on the main thread at the next
+flush (never swallowed), so offsets are only ever committed after the outputs they
+cover are durable. State-topic deliveries report their offsets back to the state index.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from worker.errors import KafkaDeliveryError
+
+log = logging.getLogger(__name__)
+
+StateDelivered = Callable[[int, bytes, int, bool], None]  # partition, key, offset, tombstone
+
+
+class OutputProducer:
+    """Idempotent producer; `flush` waits out broker outages and raises latched failures."""
+
+    def __init__(self, settings: dict[str, Any], state_topic: str | None = None,
+                 on_state_delivered: StateDelivered | None = None) -> None:
+        self._state_topic = state_topic
+        self._on_state_delivered = on_state_delivered
+        self._failure: KafkaDeliveryError | None = None
+        self._producer = Producer({**settings, "on_delivery": self._delivered})
+
+    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            if self._failure is None:
+                self._failure = KafkaDeliveryError(msg.topic() or "?", err)
+            return
+        if self._on_state_delivered is not None and msg.topic() == self._state_topic:
+            self._on_state_delivered(msg.partition(), msg.key(), msg.offset(), msg.value() is None)
+
+    def produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int = -1,
+                headers: list[tuple[str, bytes]] | None = None) -> None:
+        """Partition -1 leaves the choice to the partitioner (by key)."""
+        while True:
+            try:
+                self._producer.produce(topic, value, key, partition=partition, headers=headers)
+                return
+            except BufferError:  # local queue full: let deliveries drain it
+                self._producer.poll(0.05)
+
+    def poll(self) -> None:
+        """Serve delivery callbacks without blocking."""
+        self._producer.poll(0)
+        self._raise_failure()
+
+    def flush(self) -> None:
+        """Block until every produced record is acknowledged, however long the broker is away."""
+        waited = 0
+        while (remaining := self._producer.flush(1.0)) > 0:
+            self._raise_failure()
+            waited += 1
+            if waited % 10 == 0:
+                log.warning("waiting for the broker: unacknowledged=%d waited_s=%d", remaining, waited)
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure

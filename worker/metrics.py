@@ -1,0 +1,87 @@
+"""Every Prometheus metric of the worker, declared once against a replaceable registry,
+and the HTTP endpoint that serves /metrics, /healthz and /readyz.
+
+No metric carries an entity key as a label: cardinality stays bounded by partitions.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+log = logging.getLogger(__name__)
+
+_POWERS_OF_TWO = tuple(float(2**i) for i in range(0, 14))
+_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """The worker's metrics; tests pass a fresh registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r, p = self.registry, "lstm_worker_"
+        self.events = Counter(p + "events", "Input events by result (predicted, skipped: already in the state, dead_letter)", ["result"], registry=r)
+        self.predictions = Counter(p + "predictions", "Predictions published", registry=r)
+        self.dead_letters = Counter(p + "dead_letters", "Records sent to the dead-letter topic, by reason", ["reason"], registry=r)
+        self.round_keys = Histogram(p + "round_keys", "Keys per model round", buckets=_POWERS_OF_TWO, registry=r)
+        self.round_steps = Histogram(p + "round_steps", "Time steps per model round (longest key slice)", buckets=_POWERS_OF_TWO, registry=r)
+        self.step_seconds = Histogram(p + "step_seconds", "Seconds per batched model step", buckets=_SECONDS, registry=r)
+        self.latency = Histogram(p + "latency_seconds", "End-to-end latency, event ts to prediction produced", buckets=_SECONDS, registry=r)
+        self.cache_lookups = Counter(p + "cache_lookups", "State lookups by result (hit, miss: read from the state topic, new)", ["result"], registry=r)
+        self.cache_keys = Gauge(p + "cache_keys", "Keys resident in the state cache", registry=r)
+        self.cache_bytes = Gauge(p + "cache_bytes", "Bytes of state resident in the state cache", registry=r)
+        self.model_mismatch = Counter(p + "model_mismatch", "States of another model fingerprint, reset to zero", registry=r)
+        self.state_writes = Counter(p + "state_writes", "State records written to the state topic (tombstone: deletions)", ["kind"], registry=r)
+        self.restore_records = Counter(p + "restore_records", "State records read while restoring partitions", registry=r)
+        self.restore_seconds = Histogram(p + "restore_seconds", "Seconds to restore newly assigned partitions", buckets=_SECONDS, registry=r)
+        self.commit_seconds = Histogram(p + "commit_seconds", "Seconds per commit point (flush, states, offsets)", buckets=_SECONDS, registry=r)
+        self.consumer_lag = Gauge(p + "consumer_lag", "Events not yet consumed, per input partition", ["partition"], registry=r)
+        self.assigned_partitions = Gauge(p + "assigned_partitions", "Input partitions assigned to this worker", registry=r)
+
+
+class HealthServer:
+    """/metrics, /healthz (the process is alive) and /readyz (assigned partitions restored)."""
+
+    def __init__(self, metrics: Metrics, ready: Callable[[], bool], host: str, port: int) -> None:
+        registry = metrics.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    self._reply(200, b"ok\n")
+                elif path == "/readyz":
+                    ok = ready()
+                    self._reply(200 if ok else 503, b"ready\n" if ok else b"restoring or not assigned\n")
+                else:
+                    self._reply(404, b"not found: try /metrics, /healthz, /readyz\n")
+
+            def _reply(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                return
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("metrics endpoint listening port=%d", self.port)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,1 @@
+"""Per-key recurrent state: the in-process LRU and its backing state topic."""

@@ -1,0 +1,114 @@
+"""The in-process LRU of per-key states.
+
+States live as rows of one preallocated float32 array, so a round gathers and scatters
+its keys' states with one NumPy call each; per-key Python objects would cost more than
+the arithmetic. Dirty rows (newer than the state topic) are pinned: eviction only ever
+drops clean rows, so a state is never lost before it is written.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+EntityId = tuple[int, bytes]  # (events partition, key): each partition is its own task
+
+
+class CacheFullError(Exception):
+    """Every row is dirty; the caller must write dirty states before adding more."""
+
+
+class StateCache:
+    """Bounded by key count; rows carry step, src offset and ts beside the state."""
+
+    def __init__(self, capacity: int, state_dim: int) -> None:
+        self.capacity = capacity
+        self.states = np.zeros((capacity, state_dim), dtype=np.float32)
+        self.step = np.zeros(capacity, dtype=np.int64)
+        self.src = np.full(capacity, -1, dtype=np.int64)
+        self.ts = np.zeros(capacity, dtype=np.int64)
+        self._rows: OrderedDict[EntityId, int] = OrderedDict()
+        self._ids: list[EntityId | None] = [None] * capacity
+        self._free = list(range(capacity - 1, -1, -1))
+        self.dirty: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, eid: EntityId) -> bool:
+        return eid in self._rows
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of state held (resident rows only), for the cache-bytes gauge."""
+        return len(self._rows) * self.states.shape[1] * 4
+
+    def room(self) -> int:
+        """Rows that can be (re)used now without writing anything."""
+        return self.capacity - len(self.dirty)
+
+    def lookup(self, eid: EntityId) -> int | None:
+        """The row of a resident key, marked most recently used."""
+        row = self._rows.get(eid)
+        if row is not None:
+            self._rows.move_to_end(eid)
+        return row
+
+    def is_dirty(self, eid: EntityId) -> bool:
+        row = self._rows.get(eid)
+        return row is not None and row in self.dirty
+
+    def entity(self, row: int) -> EntityId:
+        eid = self._ids[row]
+        assert eid is not None, f"row {row} is free"
+        return eid
+
+    def insert(self, eid: EntityId, state: np.ndarray | None, *, step: int, src: int, ts: int, dirty: bool) -> int:
+        """Place a key's state (zeros when None) in a free or evicted row."""
+        row = self._rows.get(eid)
+        if row is None:
+            row = self._free.pop() if self._free else self._evict()
+            self._rows[eid] = row
+            self._ids[row] = eid
+        else:
+            self._rows.move_to_end(eid)
+        if state is None:
+            self.states[row] = 0.0
+        else:
+            self.states[row] = state
+        self.step[row], self.src[row], self.ts[row] = step, src, ts
+        if dirty:
+            self.dirty.add(row)
+        return row
+
+    def _evict(self) -> int:
+        for eid, row in self._rows.items():
+            if row not in self.dirty:
+                del self._rows[eid]
+                self._ids[row] = None
+                return row
+        raise CacheFullError(f"all {self.capacity} cached states are dirty")
+
+    def mark_dirty(self, rows: np.ndarray | list[int]) -> None:
+        self.dirty.update(int(r) for r in rows)
+
+    def take_dirty(self) -> list[int]:
+        """The dirty rows, now clean: the caller is writing them."""
+        rows = sorted(self.dirty)
+        self.dirty.clear()
+        return rows
+
+    def remove(self, eid: EntityId) -> None:
+        row = self._rows.pop(eid, None)
+        if row is not None:
+            self._ids[row] = None
+            self.dirty.discard(row)
+            self._free.append(row)
+
+    def remove_partition(self, partition: int) -> int:
+        """Forget a revoked partition's keys; its dirty rows must have been written first."""
+        gone = [eid for eid in self._rows if eid[0] == partition]
+        for eid in gone:
+            self.remove(eid)
+        return len(gone)

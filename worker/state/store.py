@@ -1,0 +1,166 @@
+"""The state store: LRU in front, compacted co-partitioned state topic behind.
+
+Per assigned partition it keeps an index key -> offset of the key's latest state record,
+built at restore and kept current from delivery reports, so an LRU miss costs one read
+by offset. `end` keys are first written as a zero state (keeping their `src`, so a replay
+cannot re-apply them) and tombstoned only once the input offsets past them are committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from worker.codec import CodecError, StateRecord, decode_state, encode_state
+from worker.kafka.output import OutputProducer
+from worker.kafka.reader import TopicReader
+from worker.metrics import Metrics
+from worker.state.cache import EntityId, StateCache
+
+log = logging.getLogger(__name__)
+
+
+class StateStore:
+    def __init__(self, cache: StateCache, reader: TopicReader, sizes: list[int], fingerprint: str,
+                 metrics: Metrics) -> None:
+        self.cache = cache
+        self.reader = reader
+        self.sizes = sizes
+        self.fingerprint = fingerprint
+        self.metrics = metrics
+        self.index: dict[int, dict[bytes, int]] = {}
+        self.ended: dict[EntityId, int] = {}
+
+    # -- restore and forget -------------------------------------------------------
+
+    def restore(self, partitions: list[int]) -> int:
+        """Rebuild the index of these partitions from the state topic and warm the LRU."""
+        started, count = time.monotonic(), 0
+        for p in partitions:
+            self.index[p] = {}
+        for p, offset, key, value in self.reader.read_partitions(partitions):
+            count += 1
+            if value is None:
+                self.index[p].pop(key, None)
+                self.cache.remove((p, key))
+                continue
+            self.index[p][key] = offset
+            record = self._decode(p, offset, value)
+            if record is not None and self.cache.room() > 0:
+                self.cache.insert((p, key), record.state, step=record.step, src=record.src_offset,
+                                  ts=record.ts, dirty=False)
+        elapsed = time.monotonic() - started
+        self.metrics.restore_records.inc(count)
+        self.metrics.restore_seconds.observe(elapsed)
+        log.info("restored partitions=%s records=%d keys=%d seconds=%.3f", partitions, count,
+                 sum(len(self.index[p]) for p in partitions), elapsed)
+        return count
+
+    def forget(self, partition: int) -> None:
+        """Drop a revoked partition; its dirty states must have been written first."""
+        self.index.pop(partition, None)
+        self.cache.remove_partition(partition)
+        self.ended = {eid: off for eid, off in self.ended.items() if eid[0] != partition}
+
+    # -- rounds ---------------------------------------------------------------------
+
+    def resolve(self, ids: list[EntityId]) -> np.ndarray:
+        """Cache rows holding these keys' states, pinned (dirty) for the round.
+
+        Hits come from the LRU, misses from the state topic (read together), the rest
+        start from zero. The caller ensures `cache.room() >= len(ids)`.
+        """
+        rows = np.empty(len(ids), dtype=np.int64)
+        missing: dict[int, list[int]] = {}
+        missing_at: list[tuple[int, EntityId, int]] = []
+        hits = new = 0
+        for i, eid in enumerate(ids):
+            row = self.cache.lookup(eid)
+            if row is not None:
+                hits += 1
+                rows[i] = row
+                self.cache.dirty.add(row)
+                continue
+            offset = self.index.get(eid[0], {}).get(eid[1])
+            if offset is None:
+                new += 1
+                rows[i] = self.cache.insert(eid, None, step=0, src=-1, ts=0, dirty=True)
+            else:
+                missing.setdefault(eid[0], []).append(offset)
+                missing_at.append((i, eid, offset))
+        if missing_at:
+            found = self.reader.read_offsets(missing)
+            for i, eid, offset in missing_at:
+                rows[i] = self._load(eid, offset, found.get((eid[0], offset)))
+        self.metrics.cache_lookups.labels("hit").inc(hits)
+        self.metrics.cache_lookups.labels("miss").inc(len(missing_at))
+        self.metrics.cache_lookups.labels("new").inc(new)
+        return rows
+
+    def _load(self, eid: EntityId, offset: int, record: tuple[int, int, bytes, bytes | None] | None) -> int:
+        decoded = None if record is None or record[3] is None else self._decode(eid[0], offset, record[3])
+        if decoded is None:
+            return self.cache.insert(eid, None, step=0, src=-1, ts=0, dirty=True)
+        return self.cache.insert(eid, decoded.state, step=decoded.step, src=decoded.src_offset,
+                                 ts=decoded.ts, dirty=True)
+
+    def _decode(self, partition: int, offset: int, value: bytes) -> StateRecord | None:
+        try:
+            record = decode_state(value, self.sizes)
+        except CodecError as exc:
+            log.error("unreadable state record partition=%d offset=%d: %s; starting that key from zero",
+                      partition, offset, exc)
+            return None
+        if record.model != self.fingerprint:
+            self.metrics.model_mismatch.inc()
+            log.warning("state of another model partition=%d offset=%d model=%s loaded=%s: reset to zero",
+                        partition, offset, record.model, self.fingerprint)
+            return None
+        return record
+
+    def end(self, eid: EntityId, row: int, offset: int) -> None:
+        """After an `end` event: zero state now, tombstone once offsets are committed past it."""
+        self.cache.states[row] = 0.0
+        self.cache.step[row] = 0
+        self.ended[eid] = offset
+
+    def continued(self, eid: EntityId) -> None:
+        """A key got new events: a pending tombstone would delete live state."""
+        self.ended.pop(eid, None)
+
+    # -- writes -------------------------------------------------------------------
+
+    def write_dirty(self, producer: OutputProducer, topic: str) -> int:
+        """Produce every dirty state (caller has flushed the predictions before)."""
+        rows = self.cache.take_dirty()
+        cache = self.cache
+        for row in rows:
+            partition, key = cache.entity(row)
+            value = encode_state(cache.states[row], self.sizes, model=self.fingerprint, step=int(cache.step[row]),
+                                 partition=partition, offset=int(cache.src[row]), ts=int(cache.ts[row]))
+            producer.produce(topic, key, value, partition)
+        self.metrics.state_writes.labels("state").inc(len(rows))
+        return len(rows)
+
+    def write_tombstones(self, producer: OutputProducer, topic: str, committed: dict[int, int]) -> int:
+        """Tombstone ended keys whose end event is below the committed offset."""
+        due = [eid for eid, off in self.ended.items()
+               if off < committed.get(eid[0], -1) and not self.cache.is_dirty(eid)]
+        for eid in due:
+            producer.produce(topic, eid[1], None, eid[0])
+            self.cache.remove(eid)
+            del self.ended[eid]
+        self.metrics.state_writes.labels("tombstone").inc(len(due))
+        return len(due)
+
+    def delivered(self, partition: int, key: bytes, offset: int, tombstone: bool) -> None:
+        """Delivery report of a state record: keep the index pointing at the latest one."""
+        index = self.index.get(partition)
+        if index is None:
+            return
+        if tombstone:
+            index.pop(key, None)
+        else:
+            index[key] = offset

@@ -1,0 +1,158 @@
+"""`lstm-worker verify`: every event's prediction against the original model on its full history.
+
+Reads the whole input topic, splits each key's events into sequences (a `reset` event
+opens one, an `end` event closes one), recomputes them offline, then reads predictions
+until each event has one (or nothing new came for `timeout_s`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from worker.codec import CodecError, Event, decode_event, decode_prediction
+from worker.config import KafkaConfig
+from worker.errors import TopicError
+from worker.kafka.reader import TopicReader
+from worker.kafka.topics import partition_count
+from worker.model.loader import load_model
+from worker.model.offline import full_history_predictions
+
+Src = tuple[int, int]
+
+
+@dataclass
+class VerifyReport:
+    events: int = 0
+    invalid_events: int = 0
+    keys: int = 0
+    predictions: int = 0
+    missing: int = 0
+    duplicates: int = 0
+    wrong: int = 0
+    unexpected: int = 0
+    max_abs_diff: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.events > 0 and self.missing == 0 and self.wrong == 0 and self.unexpected == 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "ok": self.ok}
+
+    def summary(self) -> str:
+        verdict = "OK: every event has a prediction equal to the full-history model" if self.ok else "FAILED"
+        return (f"verify: events={self.events} keys={self.keys} invalid_events={self.invalid_events} "
+                f"predictions={self.predictions} missing={self.missing} duplicates={self.duplicates} "
+                f"wrong={self.wrong} unexpected={self.unexpected} max_abs_diff={self.max_abs_diff:.3g} "
+                f"seconds={self.seconds:.1f}\n{verdict}")
+
+
+def split_sequences(events: list[Event]) -> list[list[Event]]:
+    """A key's events in order -> its sequences: `reset` opens one, `end` closes one."""
+    sequences: list[list[Event]] = []
+    current: list[Event] = []
+    for event in events:
+        if event.reset and current:
+            sequences.append(current)
+            current = []
+        current.append(event)
+        if event.end:
+            sequences.append(current)
+            current = []
+    if current:
+        sequences.append(current)
+    return sequences
+
+
+def expected_predictions(model: object, events: list[tuple[bytes, Event]], report: VerifyReport) -> dict[Src, np.ndarray]:
+    by_key: dict[tuple[int, bytes], list[Event]] = {}
+    for key, event in events:
+        by_key.setdefault((event.partition, key), []).append(event)
+    report.keys = len(by_key)
+    sequences = [seq for evs in by_key.values() for seq in split_sequences(evs)]
+    outputs = full_history_predictions(model, [np.stack([e.x for e in seq]) for seq in sequences])
+    return {(e.partition, e.offset): y[i] for seq, y in zip(sequences, outputs) for i, e in enumerate(seq)}
+
+
+def _read_events(kafka: KafkaConfig, topic: str, features: int, report: VerifyReport) -> list[tuple[bytes, Event]]:
+    admin = AdminClient(kafka.admin())
+    partitions = partition_count(admin, topic)
+    if partitions is None:
+        raise TopicError(f"input topic {topic!r} does not exist")
+    reader = TopicReader(kafka.consumer("lstm-worker-verify"), topic)
+    events = []
+    try:
+        for p, offset, key, value in reader.read_partitions(list(range(partitions))):
+            try:
+                if key is None:
+                    raise CodecError("no_key", "")
+                events.append((key, decode_event(value, features=features, partition=p, offset=offset,
+                                                 record_ts=0, max_bytes=1 << 30)))
+            except CodecError:
+                report.invalid_events += 1
+    finally:
+        reader.close()
+    report.events = len(events)
+    return events
+
+
+def _check_predictions(kafka: KafkaConfig, topic: str, expected: dict[Src, np.ndarray], tolerance: float,
+                       timeout_s: float, report: VerifyReport) -> None:
+    admin = AdminClient(kafka.admin())
+    partitions = partition_count(admin, topic) or 0
+    consumer = Consumer(kafka.consumer("lstm-worker-verify", **{"enable.partition.eof": True}))
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    seen: set[Src] = set()
+    at_end: set[int] = set()
+    last_progress = time.monotonic()
+    try:
+        while time.monotonic() - last_progress < timeout_s:
+            if len(seen) == len(expected) and len(at_end) == partitions:
+                break
+            for msg in consumer.consume(num_messages=5000, timeout=0.5):
+                if msg.error() is not None:
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        at_end.add(msg.partition())
+                    continue
+                at_end.discard(msg.partition())
+                last_progress = time.monotonic()
+                _score(decode_prediction(msg.value()), expected, seen, tolerance, report)
+    finally:
+        consumer.close()
+    report.missing = len(expected) - len(seen)
+
+
+def _score(pred: dict[str, object], expected: dict[Src, np.ndarray], seen: set[Src], tolerance: float,
+           report: VerifyReport) -> None:
+    report.predictions += 1
+    src = tuple(pred["src"])  # type: ignore[arg-type]
+    want = expected.get(src)  # type: ignore[arg-type]
+    if want is None:
+        report.unexpected += 1
+        return
+    if src in seen:
+        report.duplicates += 1
+    seen.add(src)  # type: ignore[arg-type]
+    diff = float(np.max(np.abs(np.asarray(pred["y"], dtype=np.float64) - want)))
+    report.max_abs_diff = max(report.max_abs_diff, diff)
+    if not diff <= tolerance:
+        report.wrong += 1
+
+
+def verify(kafka: KafkaConfig, *, model_path: str, input_topic: str, output_topic: str,
+           tolerance: float = 1e-5, timeout_s: float = 60.0) -> VerifyReport:
+    started = time.monotonic()
+    report = VerifyReport()
+    model = load_model(model_path)
+    features = int(model.input_shape[-1])
+    events = _read_events(kafka, input_topic, features, report)
+    expected = expected_predictions(model, events, report)
+    _check_predictions(kafka, output_topic, expected, tolerance, timeout_s, report)
+    report.seconds = time.monotonic() - started
+    return report
