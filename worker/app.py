@@ -17,9 +17,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from confluent_kafka.admin import AdminClient
 
 from worker.batching import Batcher, Round
-from worker.codec import CodecError, decode_event, dead_letter_headers, encode_prediction
+from worker.codec import CodecError, dead_letter_headers, decode_event, encode_prediction
 from worker.config import RunConfig
-from worker.kafka.output import OutputProducer
+from worker.kafka.output import OutputProducer, position
 from worker.kafka.reader import TopicReader
 from worker.kafka.topics import ensure_worker_topics
 from worker.metrics import Metrics
@@ -32,9 +32,12 @@ log = logging.getLogger(__name__)
 class StepModel(Protocol):
     """What the loop needs of the model: a batched, masked, state-carrying step."""
 
-    features: int
-    state_sizes: list[int]
-    state_dim: int
+    @property
+    def features(self) -> int: ...
+    @property
+    def state_sizes(self) -> list[int]: ...
+    @property
+    def state_dim(self) -> int: ...
 
     def step(self, x: np.ndarray, mask: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -48,14 +51,23 @@ class Worker:
         self.fingerprint = fingerprint
         self.metrics = metrics
         self.partitions = ensure_worker_topics(
-            AdminClient(config.kafka.admin()), input_topic=config.input_topic, output_topic=config.output_topic,
-            state_topic=config.state_topic, dlq_topic=config.dlq_topic)
+            AdminClient(config.kafka.admin()),
+            input_topic=config.input_topic,
+            output_topic=config.output_topic,
+            state_topic=config.state_topic,
+            dlq_topic=config.dlq_topic,
+        )
         kafka = config.kafka
-        reader = TopicReader(kafka.consumer(config.group_id + ".state-reader"), config.state_topic)
-        self.store = StateStore(StateCache(config.cache_keys, model.state_dim), reader, model.state_sizes,
-                                fingerprint, metrics)
+        reader = TopicReader(
+            kafka.consumer(config.group_id + ".state-reader", **{"fetch.wait.max.ms": 20}), config.state_topic
+        )
+        self.store = StateStore(
+            StateCache(config.cache_keys, model.state_dim), reader, model.state_sizes, fingerprint, metrics
+        )
         self.producer = OutputProducer(kafka.producer(), config.state_topic, self.store.delivered)
-        self.consumer = Consumer(kafka.consumer(config.group_id, **{"partition.assignment.strategy": "cooperative-sticky"}))
+        self.consumer = Consumer(
+            kafka.consumer(config.group_id, **{"partition.assignment.strategy": "cooperative-sticky"})
+        )
         self.batcher = Batcher(config.round_keys, config.max_steps, config.max_delay_ms)
         self._assigned: set[int] = set()
         self._restoring: set[int] = set()
@@ -63,6 +75,12 @@ class Worker:
         self._committed: dict[int, int] = {}
         self._stopping = False
         self._joined = False
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One step before joining the group: the first real round must not pay for it."""
+        features, width = self.model.features, self.model.state_dim
+        self.model.step(np.zeros((1, 1, features), np.float32), np.ones((1, 1), bool), np.zeros((1, width), np.float32))
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -75,10 +93,16 @@ class Worker:
 
     def run(self) -> None:
         cfg = self.config
-        self.consumer.subscribe([cfg.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_lost)
-        log.info("worker started group=%s input=%s partitions=%d model=%s", cfg.group_id, cfg.input_topic,
-                 self.partitions, self.fingerprint)
+        self.consumer.subscribe(
+            [cfg.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        log.info(
+            "worker started group=%s input=%s partitions=%d model=%s",
+            cfg.group_id,
+            cfg.input_topic,
+            self.partitions,
+            self.fingerprint,
+        )
         next_commit = time.monotonic() + cfg.commit_interval_ms / 1000.0
         try:
             while not self._stopping:
@@ -157,26 +181,35 @@ class Worker:
                     raise KafkaException(error)
                 log.warning("consumer error: %s", error)
             return
-        p, offset = msg.partition(), msg.offset()
+        p, offset = position(msg)
+        if p not in self._assigned:  # fetched before a revoke: the partition's new owner handles it
+            return
         self._next_offset[p] = offset + 1
         key = msg.key()
         if key is None:
             self._dead_letter(msg, "no_key", "a record without a key cannot have state")
             return
         try:
-            event = decode_event(msg.value(), features=self.model.features, partition=p, offset=offset,
-                                 record_ts=msg.timestamp()[1], max_bytes=self.config.max_event_bytes)
+            event = decode_event(
+                msg.value(),
+                features=self.model.features,
+                partition=p,
+                offset=offset,
+                record_ts=msg.timestamp()[1],
+                max_bytes=self.config.max_event_bytes,
+            )
         except CodecError as exc:
             self._dead_letter(msg, exc.reason, exc.detail)
             return
         self.batcher.add((p, key), event)
 
     def _dead_letter(self, msg: Message, reason: str, detail: str) -> None:
-        headers = dead_letter_headers(reason, detail, msg.topic() or "", msg.partition(), msg.offset())
-        self.producer.produce(self.config.dlq_topic, msg.key(), msg.value(), msg.partition(), headers)
+        p, offset = position(msg)
+        headers = dead_letter_headers(reason, detail, msg.topic() or "", p, offset)
+        self.producer.produce(self.config.dlq_topic, msg.key(), msg.value(), p, headers)
         self.metrics.dead_letters.labels(reason).inc()
         self.metrics.events.labels("dead_letter").inc()
-        log.info("dead letter reason=%s partition=%d offset=%d detail=%s", reason, msg.partition(), msg.offset(), detail)
+        log.info("dead letter reason=%s partition=%d offset=%d detail=%s", reason, p, offset, detail)
 
     # -- rounds ---------------------------------------------------------------------
 
@@ -224,14 +257,25 @@ class Worker:
         now_ms = time.time() * 1000.0
         latency = self.metrics.latency
         count = 0
-        for b, (eid, events) in enumerate(zip(rnd.ids, rnd.events)):
+        for b, (eid, events) in enumerate(zip(rnd.ids, rnd.events, strict=True)):
             row = int(rows[b])
             step = int(cache.step[row])
             partition, key = eid
             for t, ev in enumerate(events):
                 step += 1
-                produce(topic, key, encode_prediction(y[b, t].tolist(), ts=ev.ts, partition=partition,
-                                                      offset=ev.offset, step=step, model=self.fingerprint), partition)
+                produce(
+                    topic,
+                    key,
+                    encode_prediction(
+                        y[b, t].tolist(),
+                        ts=ev.ts,
+                        partition=partition,
+                        offset=ev.offset,
+                        step=step,
+                        model=self.fingerprint,
+                    ),
+                    partition,
+                )
                 latency.observe(max(0.0, now_ms - ev.ts) / 1000.0)
             count += len(events)
             last = events[-1]
@@ -256,8 +300,11 @@ class Worker:
         self._write_states()
         pending = self.batcher.min_pending_offsets()
         offsets = {p: pending.get(p, nxt) for p, nxt in self._next_offset.items() if p in self._assigned}
-        changed = [TopicPartition(self.config.input_topic, p, off) for p, off in offsets.items()
-                   if self._committed.get(p) != off]
+        changed = [
+            TopicPartition(self.config.input_topic, p, off)
+            for p, off in offsets.items()
+            if self._committed.get(p) != off
+        ]
         if changed:
             try:
                 self.consumer.commit(offsets=changed, asynchronous=False)
@@ -275,8 +322,7 @@ class Worker:
         self.metrics.cache_bytes.set(cache.nbytes)
         for p in self._assigned:
             try:
-                _, high = self.consumer.get_watermark_offsets(
-                    TopicPartition(self.config.input_topic, p), cached=True)
+                _, high = self.consumer.get_watermark_offsets(TopicPartition(self.config.input_topic, p), cached=True)
             except KafkaException:
                 continue
             if high >= 0 and p in self._next_offset:

@@ -25,16 +25,38 @@ def _env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_")
 
 
-def _option(parser: argparse.ArgumentParser, flag: str, kind: Callable[[str], Any] = str,
-            default: Any = None, required: bool = False, **kwargs: Any) -> None:
+class _Parser(argparse.ArgumentParser):
+    """Reports bad environment values only for the subcommand actually run."""
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        parsed = super().parse_args(args, namespace)
+        problems = getattr(parsed, "env_problems", None)
+        if problems:
+            self.error("; ".join(problems))
+        return parsed
+
+
+def _option(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    kind: Callable[[str], Any] = str,
+    default: Any = None,
+    required: bool = False,
+    **kwargs: Any,
+) -> None:
     """A flag whose default comes from its environment variable, else `default`."""
     env = _env_name(flag)
     raw = os.environ.get(env)
     if raw is not None:
+        problems = parser.get_default("env_problems") or []
         try:
             default = kind(raw)
+            if "choices" in kwargs and default not in kwargs["choices"]:
+                raise ValueError(raw)
         except (TypeError, ValueError):
-            parser.error(f"{env}={raw!r} is not a valid value for {flag}")
+            choices = f" (one of {', '.join(kwargs['choices'])})" if "choices" in kwargs else ""
+            problems.append(f"{env}={raw!r} is not a valid value for {flag}{choices}")
+        parser.set_defaults(env_problems=problems)
         required = False
     help_text = kwargs.pop("help", "")
     suffix = f" [env {env}" + (f", default {default}]" if default is not None and raw is None else "]")
@@ -43,8 +65,14 @@ def _option(parser: argparse.ArgumentParser, flag: str, kind: Callable[[str], An
 
 def _kafka_options(parser: argparse.ArgumentParser) -> None:
     _option(parser, "--bootstrap-servers", default="127.0.0.1:9092", help="Kafka bootstrap servers")
-    parser.add_argument("-X", dest="kafka_settings", action="append", default=[], metavar="KEY=VALUE",
-                        help="librdkafka setting, e.g. -X security.protocol=SASL_SSL [env LSTM_WORKER_KAFKA_<KEY>]")
+    parser.add_argument(
+        "-X",
+        dest="kafka_settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="librdkafka setting, e.g. -X security.protocol=SASL_SSL [env LSTM_WORKER_KAFKA_<KEY>]",
+    )
 
 
 def _kafka(args: argparse.Namespace) -> KafkaConfig:
@@ -63,7 +91,9 @@ def _add_run(sub: Any) -> None:
     _option(p, "--max-batch-keys", int, 256, help="keys per model round")
     _option(p, "--max-delay-ms", int, 5, help="how long the oldest pending event may wait for a fuller round")
     _option(p, "--max-steps", int, 16, help="steps per key per round")
-    _option(p, "--cache-keys", int, 100_000, help="states kept in memory (LRU); the rest are read back from the state topic")
+    _option(
+        p, "--cache-keys", int, 100_000, help="states kept in memory (LRU); the rest are read back from the state topic"
+    )
     _option(p, "--commit-interval-ms", int, 1000, help="time between commit points")
     _option(p, "--metrics-host", default="0.0.0.0", help="bind address of /metrics, /healthz, /readyz")
     _option(p, "--metrics-port", int, 9100, help="port of /metrics, /healthz, /readyz (0: none)")
@@ -106,8 +136,7 @@ def _add_verify(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lstm-worker", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="lstm-worker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_run, _add_make_model, _add_produce, _add_verify):
         add(sub)
@@ -120,12 +149,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from worker.model import StreamingTwin, fingerprint, load_model
 
     config = RunConfig(
-        kafka=_kafka(args), model_path=args.model, input_topic=args.input_topic, output_topic=args.output_topic,
-        state_topic=args.state_topic or f"{args.input_topic}.state", dlq_topic=args.dlq_topic or f"{args.input_topic}.dlq",
-        group_id=args.group_id, max_batch_keys=args.max_batch_keys, max_delay_ms=args.max_delay_ms,
-        max_steps=args.max_steps, cache_keys=args.cache_keys, commit_interval_ms=args.commit_interval_ms,
-        metrics_host=args.metrics_host, metrics_port=args.metrics_port, max_event_bytes=args.max_event_bytes,
-        poll_batch=args.poll_batch)
+        kafka=_kafka(args),
+        model_path=args.model,
+        input_topic=args.input_topic,
+        output_topic=args.output_topic,
+        state_topic=args.state_topic or f"{args.input_topic}.state",
+        dlq_topic=args.dlq_topic or f"{args.input_topic}.dlq",
+        group_id=args.group_id,
+        max_batch_keys=args.max_batch_keys,
+        max_delay_ms=args.max_delay_ms,
+        max_steps=args.max_steps,
+        cache_keys=args.cache_keys,
+        commit_interval_ms=args.commit_interval_ms,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+        max_event_bytes=args.max_event_bytes,
+        poll_batch=args.poll_batch,
+    )
     model = load_model(config.model_path)
     twin = StreamingTwin.from_model(model)
     metrics = Metrics()
@@ -161,32 +201,52 @@ def _cmd_make_model(args: argparse.Namespace) -> int:
 def _cmd_produce(args: argparse.Namespace) -> int:
     from worker.synthetic import produce_synthetic
 
-    sent = produce_synthetic(_kafka(args), topic=args.topic, keys=args.keys, events_per_key=args.events_per_key,
-                             features=args.features, rate=args.rate, seed=args.seed, partitions=args.partitions,
-                             x_format=args.x_format)
-    print(f"produced {sent.events} events for {args.keys} keys to {args.topic} in {sent.seconds:.2f} s "
-          f"({sent.events / max(sent.seconds, 1e-9):,.0f} events/s)")
+    sent = produce_synthetic(
+        _kafka(args),
+        topic=args.topic,
+        keys=args.keys,
+        events_per_key=args.events_per_key,
+        features=args.features,
+        rate=args.rate,
+        seed=args.seed,
+        partitions=args.partitions,
+        x_format=args.x_format,
+    )
+    print(
+        f"produced {sent.events} events for {args.keys} keys to {args.topic} in {sent.seconds:.2f} s "
+        f"({sent.events / max(sent.seconds, 1e-9):,.0f} events/s)"
+    )
     return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from worker.verify import verify
 
-    report = verify(_kafka(args), model_path=args.model, input_topic=args.input_topic,
-                    output_topic=args.output_topic, tolerance=args.tolerance, timeout_s=args.timeout_s)
+    report = verify(
+        _kafka(args),
+        model_path=args.model,
+        input_topic=args.input_topic,
+        output_topic=args.output_topic,
+        tolerance=args.tolerance,
+        timeout_s=args.timeout_s,
+    )
     print(json.dumps(report.as_dict()) if args.json else report.summary())
     return 0 if report.ok else 1
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "run": _cmd_run, "make-model": _cmd_make_model, "produce": _cmd_produce, "verify": _cmd_verify,
+    "run": _cmd_run,
+    "make-model": _cmd_make_model,
+    "produce": _cmd_produce,
+    "verify": _cmd_verify,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=getattr(args, "log_level", "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         return _COMMANDS[args.command](args)

@@ -87,11 +87,11 @@ def decode_event(
     if len(value) > max_bytes:
         raise CodecError("too_large", f"value has {len(value)} bytes, the limit is {max_bytes}")
     obj = _unpack_map(value)
+    if "x" not in obj:
+        raise CodecError("missing_field", "the event has no 'x'")
     unknown = obj.keys() - _EVENT_KEYS
     if unknown:
         raise CodecError("type", f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
-    if "x" not in obj:
-        raise CodecError("missing_field", "the event has no 'x'")
     x = _features(obj["x"], features)
     ts = obj.get("ts", record_ts)
     if type(ts) is not int:
@@ -99,11 +99,11 @@ def decode_event(
     return Event(partition, offset, x, ts, _flag(obj, "reset"), _flag(obj, "end"))
 
 
-def encode_event(x: np.ndarray | list[float], *, ts: int | None = None, reset: bool = False, end: bool = False) -> bytes:
+def encode_event(
+    x: np.ndarray | list[float], *, ts: int | None = None, reset: bool = False, end: bool = False
+) -> bytes:
     """Producer side; an ndarray goes as raw float32 bytes (the fast path)."""
-    obj: dict[str, Any] = {
-        "x": np.asarray(x, dtype="<f4").tobytes() if isinstance(x, np.ndarray) else list(x)
-    }
+    obj: dict[str, Any] = {"x": np.asarray(x, dtype="<f4").tobytes() if isinstance(x, np.ndarray) else list(x)}
     if ts is not None:
         obj["ts"] = ts
     if reset:
@@ -120,11 +120,28 @@ def encode_prediction(y: list[float], *, ts: int, partition: int, offset: int, s
     )
 
 
-def decode_prediction(value: bytes) -> dict[str, Any]:
-    obj = _unpack_map(value)
-    if not isinstance(obj.get("y"), list) or not isinstance(obj.get("src"), list):
-        raise CodecError("type", "a prediction needs 'y' and 'src' lists")
-    return obj
+@dataclass(slots=True)
+class Prediction:
+    y: list[float]
+    partition: int
+    offset: int
+    step: int
+    ts: int
+    model: str
+
+
+def decode_prediction(value: bytes | None) -> Prediction:
+    """Downstream side (verify, tests): the prediction of one event."""
+    obj = _unpack_map(value or b"")
+    y, src = obj.get("y"), obj.get("src")
+    if not isinstance(y, list) or not isinstance(src, list) or len(src) != 2:
+        raise CodecError("type", "a prediction needs 'y' and 'src' [partition, offset] lists")
+    try:
+        return Prediction(
+            [float(v) for v in y], int(src[0]), int(src[1]), int(obj["step"]), int(obj["ts"]), str(obj["model"])
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CodecError("type", f"malformed prediction: {exc}") from exc
 
 
 def encode_state(
@@ -132,6 +149,8 @@ def encode_state(
 ) -> bytes:
     """One bin per state tensor, in layer order, as raw little-endian float32."""
     flat = np.ascontiguousarray(state, dtype="<f4")
+    if flat.size != sum(sizes):
+        raise ValueError(f"state has {flat.size} floats, the layout {sizes} needs {sum(sizes)}")
     parts, start = [], 0
     for size in sizes:
         parts.append(flat[start : start + size].tobytes())
@@ -145,22 +164,28 @@ def encode_state(
 def decode_state(value: bytes, sizes: list[int]) -> StateRecord:
     """Decode a state record; a record of another layout is a CodecError, never a silent reshape."""
     obj = _unpack_map(value)
-    if obj.get("v") != WIRE_VERSION:
-        raise CodecError("version", f"state record version {obj.get('v')!r}, this worker reads {WIRE_VERSION}")
-    try:
-        parts = obj["s"]
-        src_partition, src_offset = obj["src"]
-        record = StateRecord(str(obj["model"]), int(obj["step"]), int(src_partition), int(src_offset),
-                             int(obj["ts"]), np.empty(0, dtype=np.float32))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CodecError("type", f"malformed state record: {exc}") from exc
+    version = obj.get("v")
+    if type(version) is not int or version != WIRE_VERSION:
+        raise CodecError("version", f"state record version {version!r}, this worker reads {WIRE_VERSION}")
+    src, parts, model = obj.get("src"), obj.get("s"), obj.get("model")
+    numbers = [obj.get("step"), obj.get("ts"), *(src if isinstance(src, list) else [])]
+    if (
+        not isinstance(model, str)
+        or parts is None
+        or not isinstance(src, list)
+        or len(src) != 2
+        or any(type(n) is not int for n in numbers)
+    ):
+        raise CodecError("type", "a state record needs model (str), step, ts (int) and src [partition, offset]")
     if not isinstance(parts, list) or [len(p) if isinstance(p, bytes) else -1 for p in parts] != [4 * s for s in sizes]:
         raise CodecError("shape", f"state tensors do not match the model's sizes {sizes}")
-    record.state = np.frombuffer(b"".join(parts), dtype="<f4")
-    return record
+    state = np.frombuffer(b"".join(parts), dtype="<f4")
+    return StateRecord(model, obj["step"], src[0], src[1], obj["ts"], state)
 
 
-def dead_letter_headers(reason: str, detail: str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
+def dead_letter_headers(
+    reason: str, detail: str, topic: str, partition: int, offset: int
+) -> list[tuple[str, str | bytes | None]]:
     return [
         ("error", reason.encode()),
         ("error.detail", detail[:1000].encode("utf-8", "replace")),

@@ -19,7 +19,15 @@ KAFKA_ENV_PREFIX = ENV_PREFIX + "KAFKA_"
 
 # librdkafka settings the worker owns: overriding them would break the commit protocol.
 _RESERVED_KAFKA_KEYS = frozenset(
-    {"enable.auto.commit", "enable.auto.offset.store", "group.id", "enable.idempotence", "acks"}
+    {
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+        "group.id",
+        "enable.idempotence",
+        "acks",
+        "request.required.acks",
+        "partition.assignment.strategy",
+    }
 )
 
 
@@ -36,20 +44,14 @@ def parse_kafka_overrides(pairs: list[str], environ: Mapping[str, str]) -> tuple
         merged[key.strip()] = value
     reserved = sorted(_RESERVED_KAFKA_KEYS & merged.keys())
     if reserved:
-        raise ConfigError(
-            f"-X {', '.join(reserved)}: set by the worker itself (commit protocol); remove it"
-        )
+        raise ConfigError(f"-X {', '.join(reserved)}: set by the worker itself (commit protocol); remove it")
     return tuple(sorted(merged.items()))
 
 
 def redact(settings: Mapping[str, Any]) -> dict[str, Any]:
     """A copy safe to log: secrets replaced by '***'."""
     secret_words = ("password", "secret", "sasl.oauthbearer.config", "ssl.key.pem", "token")
-    return {
-        k: ("***" if any(w in k for w in secret_words) else v)
-        for k, v in settings.items()
-        if not callable(v)
-    }
+    return {k: ("***" if any(w in k for w in secret_words) else v) for k, v in settings.items() if not callable(v)}
 
 
 @dataclass(frozen=True)
@@ -133,10 +135,7 @@ class RunConfig:
             raise ConfigError(f"--metrics-port must be 0..65535 (0 = no endpoint), got {self.metrics_port}")
         topics = [self.input_topic, self.output_topic, self.state_topic, self.dlq_topic]
         if len(set(topics)) != len(topics):
-            raise ConfigError(
-                "input, output, state and dead-letter topics must all differ, got "
-                + ", ".join(topics)
-            )
+            raise ConfigError("input, output, state and dead-letter topics must all differ, got " + ", ".join(topics))
         if not os.path.exists(self.model_path):
             raise ConfigError(f"--model {self.model_path!r}: no such file; make one with `lstm-worker make-model`")
 

@@ -25,23 +25,55 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r, p = self.registry, "lstm_worker_"
-        self.events = Counter(p + "events", "Input events by result (predicted, skipped: already in the state, dead_letter)", ["result"], registry=r)
+        self.events = Counter(
+            p + "events",
+            "Input events by result (predicted, skipped: already in the state, dead_letter)",
+            ["result"],
+            registry=r,
+        )
         self.predictions = Counter(p + "predictions", "Predictions published", registry=r)
-        self.dead_letters = Counter(p + "dead_letters", "Records sent to the dead-letter topic, by reason", ["reason"], registry=r)
+        self.dead_letters = Counter(
+            p + "dead_letters", "Records sent to the dead-letter topic, by reason", ["reason"], registry=r
+        )
         self.round_keys = Histogram(p + "round_keys", "Keys per model round", buckets=_POWERS_OF_TWO, registry=r)
-        self.round_steps = Histogram(p + "round_steps", "Time steps per model round (longest key slice)", buckets=_POWERS_OF_TWO, registry=r)
-        self.step_seconds = Histogram(p + "step_seconds", "Seconds per batched model step", buckets=_SECONDS, registry=r)
-        self.latency = Histogram(p + "latency_seconds", "End-to-end latency, event ts to prediction produced", buckets=_SECONDS, registry=r)
-        self.cache_lookups = Counter(p + "cache_lookups", "State lookups by result (hit, miss: read from the state topic, new)", ["result"], registry=r)
+        self.round_steps = Histogram(
+            p + "round_steps", "Time steps per model round (longest key slice)", buckets=_POWERS_OF_TWO, registry=r
+        )
+        self.step_seconds = Histogram(
+            p + "step_seconds", "Seconds per batched model step", buckets=_SECONDS, registry=r
+        )
+        self.latency = Histogram(
+            p + "latency_seconds", "End-to-end latency, event ts to prediction produced", buckets=_SECONDS, registry=r
+        )
+        self.cache_lookups = Counter(
+            p + "cache_lookups",
+            "State lookups by result (hit, miss: read from the state topic, new)",
+            ["result"],
+            registry=r,
+        )
         self.cache_keys = Gauge(p + "cache_keys", "Keys resident in the state cache", registry=r)
         self.cache_bytes = Gauge(p + "cache_bytes", "Bytes of state resident in the state cache", registry=r)
-        self.model_mismatch = Counter(p + "model_mismatch", "States of another model fingerprint, reset to zero", registry=r)
-        self.state_writes = Counter(p + "state_writes", "State records written to the state topic (tombstone: deletions)", ["kind"], registry=r)
-        self.restore_records = Counter(p + "restore_records", "State records read while restoring partitions", registry=r)
-        self.restore_seconds = Histogram(p + "restore_seconds", "Seconds to restore newly assigned partitions", buckets=_SECONDS, registry=r)
-        self.commit_seconds = Histogram(p + "commit_seconds", "Seconds per commit point (flush, states, offsets)", buckets=_SECONDS, registry=r)
-        self.consumer_lag = Gauge(p + "consumer_lag", "Events not yet consumed, per input partition", ["partition"], registry=r)
-        self.assigned_partitions = Gauge(p + "assigned_partitions", "Input partitions assigned to this worker", registry=r)
+        self.model_mismatch = Counter(
+            p + "model_mismatch", "States of another model fingerprint, reset to zero", registry=r
+        )
+        self.state_writes = Counter(
+            p + "state_writes", "State records written to the state topic (tombstone: deletions)", ["kind"], registry=r
+        )
+        self.restore_records = Counter(
+            p + "restore_records", "State records read while restoring partitions", registry=r
+        )
+        self.restore_seconds = Histogram(
+            p + "restore_seconds", "Seconds to restore newly assigned partitions", buckets=_SECONDS, registry=r
+        )
+        self.commit_seconds = Histogram(
+            p + "commit_seconds", "Seconds per commit point (flush, states, offsets)", buckets=_SECONDS, registry=r
+        )
+        self.consumer_lag = Gauge(
+            p + "consumer_lag", "Events not yet consumed, per input partition", ["partition"], registry=r
+        )
+        self.assigned_partitions = Gauge(
+            p + "assigned_partitions", "Input partitions assigned to this worker", registry=r
+        )
 
 
 class HealthServer:
@@ -51,7 +83,7 @@ class HealthServer:
         registry = metrics.registry
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
@@ -70,7 +102,7 @@ class HealthServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 return
 
         self._server = ThreadingHTTPServer((host, port), Handler)

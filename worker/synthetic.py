@@ -35,8 +35,18 @@ def interleaving(keys: int, events_per_key: int, seed: int) -> np.ndarray:
     return order
 
 
-def produce_synthetic(kafka: KafkaConfig, *, topic: str, keys: int, events_per_key: int, features: int,
-                      rate: float, seed: int, partitions: int, x_format: str = "bytes") -> Produced:
+def produce_synthetic(
+    kafka: KafkaConfig,
+    *,
+    topic: str,
+    keys: int,
+    events_per_key: int,
+    features: int,
+    rate: float,
+    seed: int,
+    partitions: int,
+    x_format: str = "bytes",
+) -> Produced:
     admin = AdminClient(kafka.admin())
     if partition_count(admin, topic) is None:
         create_topic(admin, topic, partitions)

@@ -17,6 +17,7 @@ from confluent_kafka.admin import AdminClient
 from worker.codec import CodecError, Event, decode_event, decode_prediction
 from worker.config import KafkaConfig
 from worker.errors import TopicError
+from worker.kafka.output import position
 from worker.kafka.reader import TopicReader
 from worker.kafka.topics import partition_count
 from worker.model.loader import load_model
@@ -37,6 +38,10 @@ class VerifyReport:
     unexpected: int = 0
     max_abs_diff: float = 0.0
     seconds: float = 0.0
+    throughput_eps: float = 0.0
+    latency_p50_ms: float = 0.0
+    latency_p99_ms: float = 0.0
+    latency_p999_ms: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -47,10 +52,15 @@ class VerifyReport:
 
     def summary(self) -> str:
         verdict = "OK: every event has a prediction equal to the full-history model" if self.ok else "FAILED"
-        return (f"verify: events={self.events} keys={self.keys} invalid_events={self.invalid_events} "
-                f"predictions={self.predictions} missing={self.missing} duplicates={self.duplicates} "
-                f"wrong={self.wrong} unexpected={self.unexpected} max_abs_diff={self.max_abs_diff:.3g} "
-                f"seconds={self.seconds:.1f}\n{verdict}")
+        return (
+            f"verify: events={self.events} keys={self.keys} invalid_events={self.invalid_events} "
+            f"predictions={self.predictions} missing={self.missing} duplicates={self.duplicates} "
+            f"wrong={self.wrong} unexpected={self.unexpected} max_abs_diff={self.max_abs_diff:.3g} "
+            f"seconds={self.seconds:.1f}\n"
+            f"throughput: {self.throughput_eps:,.0f} predictions/s (first to last prediction); latency "
+            f"(event ts to prediction) p50={self.latency_p50_ms:.1f} ms p99={self.latency_p99_ms:.1f} ms "
+            f"p99.9={self.latency_p999_ms:.1f} ms\n{verdict}"
+        )
 
 
 def split_sequences(events: list[Event]) -> list[list[Event]]:
@@ -70,14 +80,16 @@ def split_sequences(events: list[Event]) -> list[list[Event]]:
     return sequences
 
 
-def expected_predictions(model: object, events: list[tuple[bytes, Event]], report: VerifyReport) -> dict[Src, np.ndarray]:
+def expected_predictions(
+    model: object, events: list[tuple[bytes, Event]], report: VerifyReport
+) -> dict[Src, np.ndarray]:
     by_key: dict[tuple[int, bytes], list[Event]] = {}
     for key, event in events:
         by_key.setdefault((event.partition, key), []).append(event)
     report.keys = len(by_key)
     sequences = [seq for evs in by_key.values() for seq in split_sequences(evs)]
     outputs = full_history_predictions(model, [np.stack([e.x for e in seq]) for seq in sequences])
-    return {(e.partition, e.offset): y[i] for seq, y in zip(sequences, outputs) for i, e in enumerate(seq)}
+    return {(e.partition, e.offset): y[i] for seq, y in zip(sequences, outputs, strict=True) for i, e in enumerate(seq)}
 
 
 def _read_events(kafka: KafkaConfig, topic: str, features: int, report: VerifyReport) -> list[tuple[bytes, Event]]:
@@ -92,8 +104,14 @@ def _read_events(kafka: KafkaConfig, topic: str, features: int, report: VerifyRe
             try:
                 if key is None:
                     raise CodecError("no_key", "")
-                events.append((key, decode_event(value, features=features, partition=p, offset=offset,
-                                                 record_ts=0, max_bytes=1 << 30)))
+                events.append(
+                    (
+                        key,
+                        decode_event(
+                            value, features=features, partition=p, offset=offset, record_ts=0, max_bytes=1 << 30
+                        ),
+                    )
+                )
             except CodecError:
                 report.invalid_events += 1
     finally:
@@ -102,51 +120,90 @@ def _read_events(kafka: KafkaConfig, topic: str, features: int, report: VerifyRe
     return events
 
 
-def _check_predictions(kafka: KafkaConfig, topic: str, expected: dict[Src, np.ndarray], tolerance: float,
-                       timeout_s: float, report: VerifyReport) -> None:
+def _check_predictions(
+    kafka: KafkaConfig,
+    topic: str,
+    expected: dict[Src, np.ndarray],
+    tolerance: float,
+    timeout_s: float,
+    report: VerifyReport,
+) -> None:
     admin = AdminClient(kafka.admin())
     partitions = partition_count(admin, topic) or 0
     consumer = Consumer(kafka.consumer("lstm-worker-verify", **{"enable.partition.eof": True}))
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     seen: set[Src] = set()
     at_end: set[int] = set()
+    timing: list[tuple[int, int]] = []  # (prediction log time, event ts)
     last_progress = time.monotonic()
     try:
         while time.monotonic() - last_progress < timeout_s:
             if len(seen) == len(expected) and len(at_end) == partitions:
                 break
             for msg in consumer.consume(num_messages=5000, timeout=0.5):
-                if msg.error() is not None:
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
-                        at_end.add(msg.partition())
+                p, _ = position(msg)
+                error = msg.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        at_end.add(p)
                     continue
-                at_end.discard(msg.partition())
+                at_end.discard(p)
                 last_progress = time.monotonic()
-                _score(decode_prediction(msg.value()), expected, seen, tolerance, report)
+                ts = _score(msg.value(), expected, seen, tolerance, report)
+                if ts is not None:
+                    timing.append((msg.timestamp()[1], ts))
     finally:
         consumer.close()
     report.missing = len(expected) - len(seen)
+    _timing(timing, report)
 
 
-def _score(pred: dict[str, object], expected: dict[Src, np.ndarray], seen: set[Src], tolerance: float,
-           report: VerifyReport) -> None:
+def _timing(timing: list[tuple[int, int]], report: VerifyReport) -> None:
+    if len(timing) < 2:
+        return
+    logged = np.array([t for t, _ in timing], dtype=np.int64)
+    latency = logged - np.array([ts for _, ts in timing], dtype=np.int64)
+    report.latency_p50_ms, report.latency_p99_ms, report.latency_p999_ms = (
+        float(v) for v in np.percentile(latency, [50, 99, 99.9])
+    )
+    span_s = (logged.max() - logged.min()) / 1000.0
+    report.throughput_eps = len(timing) / span_s if span_s > 0 else 0.0
+
+
+def _score(
+    value: bytes | None, expected: dict[Src, np.ndarray], seen: set[Src], tolerance: float, report: VerifyReport
+) -> int | None:
+    """Count one prediction; returns its event ts when it is one of the expected."""
     report.predictions += 1
-    src = tuple(pred["src"])  # type: ignore[arg-type]
-    want = expected.get(src)  # type: ignore[arg-type]
+    try:
+        pred = decode_prediction(value)
+    except CodecError:
+        report.unexpected += 1
+        return None
+    src = (pred.partition, pred.offset)
+    want = expected.get(src)
     if want is None:
         report.unexpected += 1
-        return
+        return None
     if src in seen:
         report.duplicates += 1
-    seen.add(src)  # type: ignore[arg-type]
-    diff = float(np.max(np.abs(np.asarray(pred["y"], dtype=np.float64) - want)))
+    seen.add(src)
+    diff = float(np.max(np.abs(np.asarray(pred.y, dtype=np.float64) - want)))
     report.max_abs_diff = max(report.max_abs_diff, diff)
     if not diff <= tolerance:
         report.wrong += 1
+    return pred.ts
 
 
-def verify(kafka: KafkaConfig, *, model_path: str, input_topic: str, output_topic: str,
-           tolerance: float = 1e-5, timeout_s: float = 60.0) -> VerifyReport:
+def verify(
+    kafka: KafkaConfig,
+    *,
+    model_path: str,
+    input_topic: str,
+    output_topic: str,
+    tolerance: float = 1e-5,
+    timeout_s: float = 60.0,
+) -> VerifyReport:
     started = time.monotonic()
     report = VerifyReport()
     model = load_model(model_path)

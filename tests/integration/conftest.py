@@ -35,8 +35,12 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield given
         return
     port = free_port()
-    env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(free_port()),
-           "KAFKA_DIR": str(tmp_path_factory.mktemp("kafka"))}
+    env = {
+        **os.environ,
+        "KAFKA_PORT": str(port),
+        "KAFKA_CONTROLLER_PORT": str(free_port()),
+        "KAFKA_DIR": str(tmp_path_factory.mktemp("kafka")),
+    }
     started = subprocess.run([REPO / "deploy/kafka/start.sh"], env=env, capture_output=True, text=True, timeout=180)
     if started.returncode != 0:
         pytest.fail(f"local Kafka did not start:\n{started.stdout}\n{started.stderr}")
@@ -77,10 +81,29 @@ class WorkerProcess:
     def __init__(self, broker: str, model: Path, topics: Topics, log_path: Path, *extra: str) -> None:
         self.metrics_port = free_port()
         self.log_path = log_path
-        args = [sys.executable, "-m", "worker", "run", "--bootstrap-servers", broker, "--model", str(model),
-                "--input-topic", topics.input, "--output-topic", topics.output,
-                "--metrics-host", "127.0.0.1", "--metrics-port", str(self.metrics_port),
-                "--group-id", f"group-{topics.input}", "--commit-interval-ms", "500", *extra]
+        args = [
+            sys.executable,
+            "-m",
+            "worker",
+            "run",
+            "--bootstrap-servers",
+            broker,
+            "--model",
+            str(model),
+            "--input-topic",
+            topics.input,
+            "--output-topic",
+            topics.output,
+            "--metrics-host",
+            "127.0.0.1",
+            "--metrics-port",
+            str(self.metrics_port),
+            "--group-id",
+            f"group-{topics.input}",
+            "--commit-interval-ms",
+            "500",
+            *extra,
+        ]
         self._log = open(log_path, "w")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
 
@@ -142,7 +165,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def model_file(model_dir: Path):  # noqa: ANN201 (returns a factory)
+def model_file(model_dir: Path):
     """Saved reference-style models, built once per (cell, units) for the session."""
     from worker.model.reference import make_reference_model, save_model
 

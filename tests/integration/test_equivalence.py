@@ -25,13 +25,13 @@ KEYS, EVENTS, PARTITIONS = 200, 50, 4
 )
 def test_every_prediction_equals_full_history(kafka, topics, model_file, start_worker, cell, units, extra):
     model = model_file(cell, units)
-    produce_synthetic(kafka, topic=topics.input, keys=KEYS, events_per_key=EVENTS, features=4, rate=0,
-                      seed=11, partitions=PARTITIONS)
+    produce_synthetic(
+        kafka, topic=topics.input, keys=KEYS, events_per_key=EVENTS, features=4, rate=0, seed=11, partitions=PARTITIONS
+    )
     worker = start_worker(model, topics, *extra)
     worker.wait_ready()
 
-    report = verify(kafka, model_path=str(model), input_topic=topics.input, output_topic=topics.output,
-                    timeout_s=60)
+    report = verify(kafka, model_path=str(model), input_topic=topics.input, output_topic=topics.output, timeout_s=60)
 
     assert worker.stop() == 0, worker.log()
     assert report.events == KEYS * EVENTS

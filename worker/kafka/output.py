@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -17,14 +17,21 @@ from worker.errors import KafkaDeliveryError
 
 log = logging.getLogger(__name__)
 
+
+def position(msg: Message) -> tuple[int, int]:
+    """Partition and offset of a consumed or delivered record (never None for those)."""
+    return cast(int, msg.partition()), cast(int, msg.offset())
+
+
 StateDelivered = Callable[[int, bytes, int, bool], None]  # partition, key, offset, tombstone
 
 
 class OutputProducer:
     """Idempotent producer; `flush` waits out broker outages and raises latched failures."""
 
-    def __init__(self, settings: dict[str, Any], state_topic: str | None = None,
-                 on_state_delivered: StateDelivered | None = None) -> None:
+    def __init__(
+        self, settings: dict[str, Any], state_topic: str | None = None, on_state_delivered: StateDelivered | None = None
+    ) -> None:
         self._state_topic = state_topic
         self._on_state_delivered = on_state_delivered
         self._failure: KafkaDeliveryError | None = None
@@ -36,10 +43,17 @@ class OutputProducer:
                 self._failure = KafkaDeliveryError(msg.topic() or "?", err)
             return
         if self._on_state_delivered is not None and msg.topic() == self._state_topic:
-            self._on_state_delivered(msg.partition(), msg.key(), msg.offset(), msg.value() is None)
+            partition, offset = position(msg)
+            self._on_state_delivered(partition, msg.key() or b"", offset, msg.value() is None)
 
-    def produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int = -1,
-                headers: list[tuple[str, bytes]] | None = None) -> None:
+    def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int = -1,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+    ) -> None:
         """Partition -1 leaves the choice to the partitioner (by key)."""
         while True:
             try:

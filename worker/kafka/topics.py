@@ -18,7 +18,7 @@ def partition_count(admin: AdminClient, topic: str) -> int | None:
     """Partitions of a topic, None when it does not exist."""
     metadata = admin.list_topics(topic=topic, timeout=_TIMEOUT_S)
     info = metadata.topics.get(topic)
-    if info is None or info.error is not None and info.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+    if info is None or (info.error is not None and info.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
         return None
     if info.error is not None:
         raise TopicError(f"cannot describe topic {topic!r}: {info.error}")
@@ -47,7 +47,9 @@ def _cleanup_policy(admin: AdminClient, topic: str) -> str:
     return str(configs["cleanup.policy"].value)
 
 
-def ensure_worker_topics(admin: AdminClient, *, input_topic: str, output_topic: str, state_topic: str, dlq_topic: str) -> int:
+def ensure_worker_topics(
+    admin: AdminClient, *, input_topic: str, output_topic: str, state_topic: str, dlq_topic: str
+) -> int:
     """Check the input, create what is missing, refuse a state topic that is not co-partitioned.
 
     Returns the input's partition count.

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from worker.errors import ModelError
+from worker.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,7 @@ class StreamingTwin:
         self._stages = stages
         self._layer_names = layer_names
         self._features = features
-        self._state_sizes = [
-            size for stage in stages if stage.kind == "recurrent" for size in _sizes(stage.layer)
-        ]
+        self._state_sizes = [size for stage in stages if stage.kind == "recurrent" for size in _sizes(stage.layer)]
         self._state_dim = sum(self._state_sizes)
         # XLA compiles once per distinct shape: pad to power-of-two buckets to bound that.
         self._bucketed = backend == "xla"
@@ -87,11 +85,11 @@ class StreamingTwin:
     def from_model(cls, model: keras.Model, backend: str = "tf") -> StreamingTwin:
         """Check that `model` can be served one step at a time and build its twin.
 
-        backend "tf" runs the TensorFlow graph; "xla" jit-compiles it, which is faster
-        per call but compiles once per power-of-two bucket of batch size and length.
+        backend "tf" runs the TensorFlow graph; "xla" jit-compiles it, which cuts per-call
+        overhead but compiles (~0.5 s) once per power-of-two bucket of batch size and length.
         """
         if backend not in _BACKENDS:
-            raise ModelError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+            raise ConfigError(f"backend must be one of {_BACKENDS}, got {backend!r}")
         features = _input_features(model)
         chain = _linear_chain(model)
         twin = cls(_plan(chain), [layer.name for layer in chain], features, backend)
@@ -134,9 +132,7 @@ class StreamingTwin:
         """The state of entities that have seen no step yet."""
         return np.zeros((batch, self._state_dim), dtype=np.float32)
 
-    def step(
-        self, x: np.ndarray, mask: np.ndarray, state: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def step(self, x: np.ndarray, mask: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Advance every row over its valid steps; return outputs and the new state.
 
         x is [B, T, F] float32, mask [B, T] bool (True on a prefix of each row), state
@@ -198,19 +194,15 @@ def _run_recurrent(
     steps_first = tf.transpose(x, [1, 0, 2])
     mask_first = tf.transpose(mask)[:, :, tf.newaxis]
     steps = tf.shape(steps_first)[0]
-    outputs = tf.TensorArray(
-        x.dtype, size=steps, element_shape=tf.TensorShape([None, cell.output_size])
-    )
+    outputs = tf.TensorArray(x.dtype, size=steps, element_shape=tf.TensorShape([None, cell.output_size]))
 
     def body(t: tf.Tensor, outputs: tf.TensorArray, *states: tf.Tensor) -> tuple[Any, ...]:
         _, new = cell(steps_first[t], list(states), training=False)
-        kept = [tf.where(mask_first[t], n, s) for n, s in zip(keras.tree.flatten(new), states)]
+        kept = [tf.where(mask_first[t], n, s) for n, s in zip(keras.tree.flatten(new), states, strict=True)]
         out = tf.where(mask_first[t], kept[0], 0.0) if layer.zero_output_for_mask else kept[0]
         return (t + 1, outputs.write(t, out), *kept)
 
-    _, outputs, *final = tf.while_loop(
-        lambda t, *_: t < steps, body, (tf.constant(0), outputs, *initial)
-    )
+    _, outputs, *final = tf.while_loop(lambda t, *_: t < steps, body, (tf.constant(0), outputs, *initial))
     return tf.transpose(outputs.stack(), [1, 0, 2]), final
 
 
@@ -221,9 +213,7 @@ def _apply_per_row(layer: keras.layers.Layer, h: tf.Tensor) -> tf.Tensor:
     return tf.reshape(flat, tf.concat([shape[:2], [flat.shape[-1]]], axis=0))
 
 
-def _pad_to_bucket(
-    x: np.ndarray, mask: np.ndarray, state: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _pad_to_bucket(x: np.ndarray, mask: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pad batch and time up to powers of two with masked rows and steps."""
     batch, steps = mask.shape
     rows = 1 << (batch - 1).bit_length()
@@ -262,10 +252,7 @@ def _input_features(model: keras.Model) -> int:
         raise ModelError(f"model {model.name!r} must have exactly one input and one output")
     shape = inputs[0].shape
     if len(shape) != 3 or shape[2] is None:
-        raise ModelError(
-            f"model {model.name!r} input must be (batch, time, features) with known "
-            f"features, got {shape}"
-        )
+        raise ModelError(f"model {model.name!r} input must be (batch, time, features) with known features, got {shape}")
     return int(shape[2])
 
 

@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 
 
 class StateStore:
-    def __init__(self, cache: StateCache, reader: TopicReader, sizes: list[int], fingerprint: str,
-                 metrics: Metrics) -> None:
+    def __init__(
+        self, cache: StateCache, reader: TopicReader, sizes: list[int], fingerprint: str, metrics: Metrics
+    ) -> None:
         self.cache = cache
         self.reader = reader
         self.sizes = sizes
@@ -49,13 +50,19 @@ class StateStore:
             self.index[p][key] = offset
             record = self._decode(p, offset, value)
             if record is not None and self.cache.room() > 0:
-                self.cache.insert((p, key), record.state, step=record.step, src=record.src_offset,
-                                  ts=record.ts, dirty=False)
+                self.cache.insert(
+                    (p, key), record.state, step=record.step, src=record.src_offset, ts=record.ts, dirty=False
+                )
         elapsed = time.monotonic() - started
         self.metrics.restore_records.inc(count)
         self.metrics.restore_seconds.observe(elapsed)
-        log.info("restored partitions=%s records=%d keys=%d seconds=%.3f", partitions, count,
-                 sum(len(self.index[p]) for p in partitions), elapsed)
+        log.info(
+            "restored partitions=%s records=%d keys=%d seconds=%.3f",
+            partitions,
+            count,
+            sum(len(self.index[p]) for p in partitions),
+            elapsed,
+        )
         return count
 
     def forget(self, partition: int) -> None:
@@ -103,20 +110,30 @@ class StateStore:
         decoded = None if record is None or record[3] is None else self._decode(eid[0], offset, record[3])
         if decoded is None:
             return self.cache.insert(eid, None, step=0, src=-1, ts=0, dirty=True)
-        return self.cache.insert(eid, decoded.state, step=decoded.step, src=decoded.src_offset,
-                                 ts=decoded.ts, dirty=True)
+        return self.cache.insert(
+            eid, decoded.state, step=decoded.step, src=decoded.src_offset, ts=decoded.ts, dirty=True
+        )
 
     def _decode(self, partition: int, offset: int, value: bytes) -> StateRecord | None:
         try:
             record = decode_state(value, self.sizes)
         except CodecError as exc:
-            log.error("unreadable state record partition=%d offset=%d: %s; starting that key from zero",
-                      partition, offset, exc)
+            log.error(
+                "unreadable state record partition=%d offset=%d: %s; starting that key from zero",
+                partition,
+                offset,
+                exc,
+            )
             return None
         if record.model != self.fingerprint:
             self.metrics.model_mismatch.inc()
-            log.warning("state of another model partition=%d offset=%d model=%s loaded=%s: reset to zero",
-                        partition, offset, record.model, self.fingerprint)
+            log.warning(
+                "state of another model partition=%d offset=%d model=%s loaded=%s: reset to zero",
+                partition,
+                offset,
+                record.model,
+                self.fingerprint,
+            )
             return None
         return record
 
@@ -138,16 +155,24 @@ class StateStore:
         cache = self.cache
         for row in rows:
             partition, key = cache.entity(row)
-            value = encode_state(cache.states[row], self.sizes, model=self.fingerprint, step=int(cache.step[row]),
-                                 partition=partition, offset=int(cache.src[row]), ts=int(cache.ts[row]))
+            value = encode_state(
+                cache.states[row],
+                self.sizes,
+                model=self.fingerprint,
+                step=int(cache.step[row]),
+                partition=partition,
+                offset=int(cache.src[row]),
+                ts=int(cache.ts[row]),
+            )
             producer.produce(topic, key, value, partition)
         self.metrics.state_writes.labels("state").inc(len(rows))
         return len(rows)
 
     def write_tombstones(self, producer: OutputProducer, topic: str, committed: dict[int, int]) -> int:
         """Tombstone ended keys whose end event is below the committed offset."""
-        due = [eid for eid, off in self.ended.items()
-               if off < committed.get(eid[0], -1) and not self.cache.is_dirty(eid)]
+        due = [
+            eid for eid, off in self.ended.items() if off < committed.get(eid[0], -1) and not self.cache.is_dirty(eid)
+        ]
         for eid in due:
             producer.produce(topic, eid[1], None, eid[0])
             self.cache.remove(eid)

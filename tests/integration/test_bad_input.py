@@ -1,0 +1,86 @@
+"""Bad records go to the dead-letter topic with their reason; the good ones around them are
+predicted correctly; the worker keeps running; /metrics counts what happened."""
+
+from __future__ import annotations
+
+import math
+
+import msgpack
+import numpy as np
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from tests.integration.kafka_io import metric, produce, read_all
+from worker.codec import encode_event
+from worker.kafka.topics import create_topic
+from worker.verify import verify
+
+pytestmark = pytest.mark.integration
+
+KEYS, EVENTS, PARTITIONS, MAX_BYTES = 20, 10, 4, 2000
+
+
+def bad_records() -> list[tuple[bytes | None, bytes | None, str]]:
+    pack = msgpack.packb
+    return [
+        (b"bad-decode", b"\xc1\xff not msgpack", "decode"),
+        (b"bad-shape", pack({"x": [1.0, 2.0, 3.0]}), "shape"),
+        (b"bad-nan", pack({"x": [1.0, math.nan, 0.0, 0.0]}), "non_finite"),
+        (b"bad-inf", pack({"x": [1.0, math.inf, 0.0, 0.0]}), "non_finite"),
+        (b"bad-missing", pack({"ts": 5}), "missing_field"),
+        (None, encode_event([0.1, 0.2, 0.3, 0.4]), "no_key"),
+        (b"bad-large", pack({"x": [0.0] * 4, "pad": b"\0" * (2 * MAX_BYTES)}), "too_large"),
+        (b"bad-type", pack({"x": "four"}), "type"),
+    ]
+
+
+def test_bad_records_go_to_dead_letters_and_metrics_count_everything(kafka, topics, model_file, start_worker):
+    model = model_file("lstm", (16, 8))
+    rng = np.random.default_rng(5)
+    good = [
+        (f"k{k}".encode(), encode_event(rng.standard_normal(4).astype(np.float32)))
+        for _ in range(EVENTS)
+        for k in range(KEYS)
+    ]
+    bad = bad_records()
+    records = list(good)
+    for i, (key, value, _) in enumerate(bad):  # interleave the bad among the good
+        records.insert(1 + i * (len(good) // len(bad)), (key, value))
+    create_topic(AdminClient(kafka.admin()), topics.input, PARTITIONS)
+    produce(kafka, topics.input, records)
+
+    worker = start_worker(model, topics, "--max-event-bytes", str(MAX_BYTES))
+    worker.wait_ready()
+    report = verify(kafka, model_path=str(model), input_topic=topics.input, output_topic=topics.output, timeout_s=30)
+    assert report.ok and report.events == KEYS * EVENTS and report.predictions == KEYS * EVENTS, report.summary()
+    assert report.invalid_events == len(bad)
+
+    dead = read_all(kafka, topics.dlq)
+    assert sorted(r.headers["error"].decode() for r in dead) == sorted(reason for *_, reason in bad)
+    sent = {(key, value) for key, value, _ in bad}
+    assert {(r.key, r.value) for r in dead} == sent  # original bytes kept
+    for r in dead:
+        assert r.headers["src.topic"].decode() == topics.input
+        assert r.headers["error.detail"]
+        source = [
+            rec
+            for rec in read_all(kafka, topics.input)
+            if rec.offset == int(r.headers["src.offset"]) and rec.partition == int(r.headers["src.partition"])
+        ]
+        assert source and source[0].value == r.value
+
+    status, text = worker.get("/metrics")
+    assert status == 200
+    assert worker.proc.poll() is None, "the worker must keep running"
+    assert metric(text, "lstm_worker_events_total", result="predicted") == KEYS * EVENTS
+    assert metric(text, "lstm_worker_predictions_total") == KEYS * EVENTS
+    assert metric(text, "lstm_worker_events_total", result="dead_letter") == len(bad)
+    assert metric(text, "lstm_worker_dead_letters_total", reason="non_finite") == 2
+    assert metric(text, "lstm_worker_dead_letters_total", reason="no_key") == 1
+    assert metric(text, "lstm_worker_cache_lookups_total", result="new") == KEYS
+    assert metric(text, "lstm_worker_assigned_partitions") == PARTITIONS
+    assert metric(text, "lstm_worker_round_keys_count") >= 1
+    assert metric(text, "lstm_worker_step_seconds_count") == metric(text, "lstm_worker_round_keys_count")
+    assert metric(text, "lstm_worker_latency_seconds_count") == KEYS * EVENTS
+    assert worker.get("/healthz")[0] == 200 and worker.get("/readyz")[0] == 200
+    assert worker.stop() == 0

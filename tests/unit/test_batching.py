@@ -1,0 +1,272 @@
+"""Dynamic batching of worker/batching.py: which events go into a round, in what order, and when.
+
+A round must keep each key's events in offset order, respect max_keys and max_steps,
+open a key's slice only with a `reset` and close it only with an `end`, and the batcher
+must report the lowest pending offset per partition so commits never skip an event.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from worker.batching import Batcher, Round
+from worker.codec import Event
+
+FEATURES = 3
+A, B, C, D = (0, b"a"), (0, b"b"), (1, b"c"), (1, b"d")
+
+
+def ev(partition, offset, *, reset=False, end=False):
+    x = np.full(FEATURES, offset, dtype=np.float32)
+    return Event(partition, offset, x, ts=1000 + offset, reset=reset, end=end)
+
+
+def offsets(round_):
+    return [[e.offset for e in events] for events in round_.events]
+
+
+def add_all(batcher, items, now=0.0):
+    for eid, event in items:
+        batcher.add(eid, event, now=now)
+
+
+def drain(batcher):
+    rounds = []
+    while len(batcher):
+        rounds.append(batcher.take())
+    return rounds
+
+
+# --- add / take ---------------------------------------------------------------------------
+
+
+def test_take_groups_by_key_in_arrival_order_and_keeps_per_key_order():
+    batcher = Batcher(max_keys=8, max_steps=8, max_delay_ms=5)
+    add_all(batcher, [(A, ev(0, 10)), (C, ev(1, 5)), (A, ev(0, 11)), (B, ev(0, 12)), (A, ev(0, 13)), (C, ev(1, 6))])
+    assert len(batcher) == 6
+    round_ = batcher.take()
+    assert round_.ids == [A, C, B]
+    assert offsets(round_) == [[10, 11, 13], [5, 6], [12]]
+    assert len(batcher) == 0
+    assert batcher.pending_events == 0
+
+
+def test_take_respects_max_keys_oldest_keys_first():
+    batcher = Batcher(max_keys=2, max_steps=8, max_delay_ms=5)
+    keys = [(0, bytes([k])) for k in range(5)]
+    add_all(batcher, [(key, ev(0, i)) for i, key in enumerate(keys)])
+    rounds = drain(batcher)
+    assert [r.ids for r in rounds] == [keys[0:2], keys[2:4], keys[4:5]]
+    assert [offsets(r) for r in rounds] == [[[0], [1]], [[2], [3]], [[4]]]
+
+
+def test_take_respects_max_steps_and_a_key_with_leftovers_keeps_its_place():
+    batcher = Batcher(max_keys=2, max_steps=2, max_delay_ms=5)
+    add_all(batcher, [(A, ev(0, o)) for o in range(5)] + [(B, ev(0, 10)), (C, ev(1, 20))])
+    first = batcher.take()
+    assert (first.ids, offsets(first)) == ([A, B], [[0, 1], [10]])
+    assert len(batcher) == 4
+    second = batcher.take()
+    assert (second.ids, offsets(second)) == ([A, C], [[2, 3], [20]])
+    third = batcher.take()
+    assert (third.ids, offsets(third)) == ([A], [[4]])
+    assert len(batcher) == 0
+
+
+def test_reset_event_starts_a_new_slice():
+    batcher = Batcher(max_keys=4, max_steps=10, max_delay_ms=5)
+    add_all(batcher, [(A, ev(0, 0)), (A, ev(0, 1)), (A, ev(0, 2, reset=True)), (A, ev(0, 3))])
+    assert offsets(batcher.take()) == [[0, 1]]
+    second = batcher.take()
+    assert offsets(second) == [[2, 3]]
+    assert second.events[0][0].reset is True
+
+
+def test_end_event_closes_its_slice():
+    batcher = Batcher(max_keys=4, max_steps=10, max_delay_ms=5)
+    add_all(batcher, [(A, ev(0, 0)), (A, ev(0, 1, end=True)), (A, ev(0, 2)), (A, ev(0, 3, end=True))])
+    first = batcher.take()
+    assert offsets(first) == [[0, 1]]
+    assert first.events[0][-1].end is True
+    assert offsets(batcher.take()) == [[2, 3]]
+
+
+def test_reset_and_end_on_the_same_event_make_a_slice_of_one():
+    batcher = Batcher(max_keys=4, max_steps=10, max_delay_ms=5)
+    add_all(batcher, [(A, ev(0, 0)), (A, ev(0, 1, reset=True, end=True)), (A, ev(0, 2))])
+    assert [offsets(r) for r in drain(batcher)] == [[[0]], [[1]], [[2]]]
+
+
+def test_reset_as_first_pending_event_does_not_split():
+    batcher = Batcher(max_keys=4, max_steps=10, max_delay_ms=5)
+    add_all(batcher, [(A, ev(0, 0, reset=True)), (A, ev(0, 1)), (A, ev(0, 2, end=True))])
+    assert offsets(batcher.take()) == [[0, 1, 2]]
+
+
+events_per_key = st.lists(
+    st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=12), min_size=1, max_size=6
+)
+
+
+@settings(
+    max_examples=150, deadline=None, database=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(events_per_key, st.integers(1, 4), st.integers(1, 5), st.randoms(use_true_random=False))
+def test_rounds_keep_order_limits_and_reset_end_rules(flags_per_key, max_keys, max_steps, rnd):
+    keys = [(k % 2, bytes([k])) for k in range(len(flags_per_key))]
+    queues = {
+        key: [ev(key[0], 100 * k + i, reset=r, end=e) for i, (r, e) in enumerate(flags)]
+        for k, (key, flags) in enumerate(zip(keys, flags_per_key, strict=True))
+    }
+    interleaved = [key for key, q in queues.items() for _ in q]
+    rnd.shuffle(interleaved)
+    cursor = dict.fromkeys(queues, 0)
+    batcher = Batcher(max_keys=max_keys, max_steps=max_steps, max_delay_ms=5)
+    for key in interleaved:
+        batcher.add(key, queues[key][cursor[key]], now=0.0)
+        cursor[key] += 1
+
+    seen = {key: [] for key in queues}
+    while len(batcher):
+        pending = [e for key, q in queues.items() for e in q[len(seen[key]) :]]
+        lowest = {p: min(e.offset for e in pending if e.partition == p) for p in {e.partition for e in pending}}
+        assert batcher.min_pending_offsets() == lowest
+        before = len(batcher)
+        round_ = batcher.take()
+        assert 1 <= len(round_.ids) <= max_keys
+        assert len(set(round_.ids)) == len(round_.ids)
+        assert len(batcher) == before - sum(len(s) for s in round_.events)
+        for key, slice_ in zip(round_.ids, round_.events, strict=True):
+            assert 1 <= len(slice_) <= max_steps
+            assert not any(e.reset for e in slice_[1:]), "reset only opens a slice"
+            assert not any(e.end for e in slice_[:-1]), "end only closes a slice"
+            seen[key].extend(slice_)
+            nxt = queues[key][len(seen[key])] if len(seen[key]) < len(queues[key]) else None
+            if nxt is not None and len(slice_) < max_steps:  # slices are as long as the rules allow
+                assert slice_[-1].end or nxt.reset
+    assert batcher.min_pending_offsets() == {}
+    assert {key: [e.offset for e in s] for key, s in seen.items()} == {
+        key: [e.offset for e in q] for key, q in queues.items()
+    }
+
+
+# --- ready --------------------------------------------------------------------------------
+
+
+def test_ready_is_false_when_empty_even_if_caught_up():
+    batcher = Batcher(max_keys=2, max_steps=4, max_delay_ms=0)
+    assert batcher.ready(now=100.0, caught_up=True) is False
+    assert batcher.oldest_wait(now=100.0) == 0.0
+
+
+def test_ready_when_full():
+    batcher = Batcher(max_keys=2, max_steps=4, max_delay_ms=50)
+    batcher.add(A, ev(0, 0), now=10.0)
+    batcher.add(A, ev(0, 1), now=10.0)
+    assert batcher.ready(now=10.0, caught_up=False) is False  # many events, but one key
+    batcher.add(B, ev(0, 2), now=10.0)
+    assert batcher.ready(now=10.0, caught_up=False) is True
+
+
+def test_ready_when_the_oldest_waited_max_delay():
+    batcher = Batcher(max_keys=10, max_steps=4, max_delay_ms=50)
+    batcher.add(A, ev(0, 0), now=10.0)
+    batcher.add(B, ev(0, 1), now=10.03)
+    assert batcher.oldest_wait(now=10.04) == pytest.approx(0.04)
+    assert batcher.ready(now=10.049, caught_up=False) is False
+    assert batcher.ready(now=10.05, caught_up=False) is True
+    assert batcher.ready(now=11.0, caught_up=False) is True
+
+
+def test_more_events_for_a_waiting_key_do_not_restart_its_clock():
+    batcher = Batcher(max_keys=10, max_steps=4, max_delay_ms=50)
+    batcher.add(A, ev(0, 0), now=10.0)
+    batcher.add(A, ev(0, 1), now=10.04)
+    assert batcher.oldest_wait(now=10.05) == pytest.approx(0.05)
+    assert batcher.ready(now=10.05, caught_up=False) is True
+
+
+def test_ready_when_caught_up_without_waiting():
+    batcher = Batcher(max_keys=10, max_steps=4, max_delay_ms=50)
+    batcher.add(A, ev(0, 0), now=10.0)
+    assert batcher.ready(now=10.0, caught_up=False) is False
+    assert batcher.ready(now=10.0, caught_up=True) is True
+
+
+def test_clock_restarts_for_a_key_emptied_by_take():
+    batcher = Batcher(max_keys=10, max_steps=4, max_delay_ms=50)
+    batcher.add(A, ev(0, 0), now=10.0)
+    batcher.take()
+    batcher.add(A, ev(0, 1), now=20.0)
+    assert batcher.oldest_wait(now=20.01) == pytest.approx(0.01)
+    assert batcher.ready(now=20.01, caught_up=False) is False
+
+
+# --- offsets and revocation -----------------------------------------------------------------
+
+
+def test_min_pending_offsets_per_partition():
+    batcher = Batcher(max_keys=1, max_steps=1, max_delay_ms=5)
+    assert batcher.min_pending_offsets() == {}
+    add_all(batcher, [(A, ev(0, 7)), (B, ev(0, 8)), (A, ev(0, 9)), (C, ev(1, 41)), (D, ev(1, 40))])
+    assert batcher.min_pending_offsets() == {0: 7, 1: 40}
+    assert offsets(batcher.take()) == [[7]]  # A
+    assert batcher.min_pending_offsets() == {0: 8, 1: 40}
+    assert offsets(batcher.take()) == [[9]]  # A again: it kept its place
+    assert batcher.min_pending_offsets() == {0: 8, 1: 40}
+    assert offsets(batcher.take()) == [[8]]  # B
+    assert batcher.min_pending_offsets() == {1: 40}
+    assert offsets(batcher.take()) == [[41]]  # C
+    assert batcher.min_pending_offsets() == {1: 40}
+    batcher.take()
+    assert batcher.min_pending_offsets() == {}
+
+
+def test_drop_partition_forgets_only_that_partition():
+    batcher = Batcher(max_keys=10, max_steps=10, max_delay_ms=5)
+    add_all(batcher, [(A, ev(0, 1)), (C, ev(1, 2)), (A, ev(0, 3)), (B, ev(0, 4)), (D, ev(1, 5))])
+    assert batcher.drop_partition(0) == 3
+    assert len(batcher) == 2
+    assert batcher.min_pending_offsets() == {1: 2}
+    round_ = batcher.take()
+    assert round_.ids == [C, D]
+    assert offsets(round_) == [[2], [5]]
+    assert batcher.drop_partition(0) == 0
+
+
+def test_drop_partition_also_drops_the_wait_clock():
+    batcher = Batcher(max_keys=10, max_steps=10, max_delay_ms=50)
+    batcher.add(A, ev(0, 1), now=0.0)
+    batcher.add(C, ev(1, 2), now=10.0)
+    batcher.drop_partition(0)
+    assert batcher.oldest_wait(now=10.01) == pytest.approx(0.01)
+    assert batcher.ready(now=10.01, caught_up=False) is False
+    batcher.drop_partition(1)
+    assert batcher.ready(now=99.0, caught_up=True) is False
+
+
+# --- Round.pack ---------------------------------------------------------------------------
+
+
+def test_pack_right_pads_with_zeros_and_masks_padding():
+    round_ = Round(ids=[A, B, C], events=[[ev(0, 1), ev(0, 2), ev(0, 3)], [ev(0, 7)], [ev(1, 4), ev(1, 5)]])
+    x, mask, lengths = round_.pack(FEATURES)
+    assert x.shape == (3, 3, FEATURES)
+    assert x.dtype == np.float32
+    assert lengths.tolist() == [3, 1, 2]
+    assert mask.dtype == bool
+    assert mask.tolist() == [[True, True, True], [True, False, False], [True, True, False]]
+    np.testing.assert_array_equal(x[:, :, 0], [[1, 2, 3], [7, 0, 0], [4, 5, 0]])
+    np.testing.assert_array_equal(x[1, 0], ev(0, 7).x)
+    assert not x[~mask].any()
+
+
+def test_pack_of_a_taken_round_matches_its_events():
+    batcher = Batcher(max_keys=4, max_steps=2, max_delay_ms=5)
+    add_all(batcher, [(A, ev(0, 1)), (B, ev(0, 2)), (A, ev(0, 3)), (A, ev(0, 4))])
+    x, mask, lengths = batcher.take().pack(FEATURES)
+    assert x.shape == (2, 2, FEATURES)
+    assert lengths.tolist() == [2, 1]
+    np.testing.assert_array_equal(x[:, :, 2], [[1, 3], [2, 0]])
+    assert mask.sum() == 3

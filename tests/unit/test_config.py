@@ -1,0 +1,314 @@
+"""Configuration: worker/config.py (librdkafka pass-through, redaction, RunConfig validation)
+and the argument parsing of worker/cli.py (flags, `LSTM_WORKER_<OPTION>` defaults).
+"""
+
+import os
+
+import pytest
+
+from worker.cli import build_parser
+from worker.config import KafkaConfig, RunConfig, parse_kafka_overrides, redact
+from worker.errors import ConfigError
+
+RUN_ARGS = ["run", "--model", "m.keras", "--input-topic", "events", "--output-topic", "preds"]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    """No LSTM_WORKER_* variable of the machine leaks into these tests."""
+    for name in list(os.environ):
+        if name.startswith("LSTM_WORKER_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "model.keras"
+    path.write_bytes(b"not really a model")
+    return str(path)
+
+
+def run_config(model_path, **overrides):
+    fields = {
+        "kafka": KafkaConfig("127.0.0.1:9092"),
+        "model_path": model_path,
+        "input_topic": "events",
+        "output_topic": "preds",
+        "state_topic": "events.state",
+        "dlq_topic": "events.dlq",
+    }
+    fields.update(overrides)
+    return RunConfig(**fields)
+
+
+# --- librdkafka pass-through ---------------------------------------------------------------
+
+
+def test_kafka_env_variables_become_dotted_settings():
+    environ = {
+        "LSTM_WORKER_KAFKA_SASL_MECHANISM": "PLAIN",
+        "LSTM_WORKER_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "LSTM_WORKER_MAX_STEPS": "4",  # a worker option, not a librdkafka setting
+        "LSTM_WORKER_KAFKA_": "ignored",
+        "KAFKA_SASL_USERNAME": "not ours",
+    }
+    assert parse_kafka_overrides([], environ) == (("sasl.mechanism", "PLAIN"), ("security.protocol", "SASL_SSL"))
+
+
+def test_x_flag_wins_over_env_and_keeps_everything_after_the_first_equals():
+    environ = {"LSTM_WORKER_KAFKA_SASL_MECHANISM": "PLAIN"}
+    pairs = ["sasl.mechanism=SCRAM-SHA-512", " client.id =a=b", "sasl.password="]
+    assert parse_kafka_overrides(pairs, environ) == (
+        ("client.id", "a=b"),
+        ("sasl.mechanism", "SCRAM-SHA-512"),
+        ("sasl.password", ""),
+    )
+
+
+def test_later_x_flag_wins_over_earlier():
+    assert parse_kafka_overrides(["linger.ms=1", "linger.ms=20"], {}) == (("linger.ms", "20"),)
+
+
+@pytest.mark.parametrize("pair", ["security.protocol", "=SASL_SSL", " =x", ""])
+def test_malformed_x_flag_is_config_error(pair):
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_kafka_overrides([pair], {})
+
+
+@pytest.mark.parametrize(
+    "key", ["enable.auto.commit", "enable.auto.offset.store", "group.id", "enable.idempotence", "acks"]
+)
+def test_reserved_key_by_flag_is_refused(key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        parse_kafka_overrides([f"{key}=x"], {})
+
+
+def test_reserved_key_by_env_is_refused():
+    with pytest.raises(ConfigError, match=r"enable\.auto\.commit"):
+        parse_kafka_overrides([], {"LSTM_WORKER_KAFKA_ENABLE_AUTO_COMMIT": "true"})
+
+
+def test_overrides_reach_producer_and_consumer_but_not_the_protocol_settings():
+    kafka = KafkaConfig("broker:9093", parse_kafka_overrides(["linger.ms=50", "security.protocol=SSL"], {}))
+    producer = kafka.producer()
+    assert producer["bootstrap.servers"] == "broker:9093"
+    assert (producer["linger.ms"], producer["security.protocol"]) == ("50", "SSL")
+    assert (producer["enable.idempotence"], producer["acks"]) == (True, "all")
+    consumer = kafka.consumer("g1")
+    assert consumer["group.id"] == "g1"
+    assert consumer["enable.auto.commit"] is False
+    assert consumer["enable.auto.offset.store"] is False
+    assert consumer["security.protocol"] == "SSL"
+
+
+# --- redaction ----------------------------------------------------------------------------
+
+
+def test_redact_hides_secrets_and_keeps_the_rest():
+    settings = {
+        "bootstrap.servers": "b:9092",
+        "sasl.username": "alice",
+        "sasl.password": "hunter2",
+        "ssl.key.password": "pw",
+        "ssl.keystore.password": "pw2",
+        "sasl.oauthbearer.client.secret": "s3",
+        "sasl.oauthbearer.config": "principal=x secret=y",
+        "ssl.key.pem": "-----BEGIN PRIVATE KEY-----",
+        "oauth_cb": lambda _cfg: ("token", 0),
+    }
+    out = redact(settings)
+    assert out == {
+        "bootstrap.servers": "b:9092",
+        "sasl.username": "alice",
+        "sasl.password": "***",
+        "ssl.key.password": "***",
+        "ssl.keystore.password": "***",
+        "sasl.oauthbearer.client.secret": "***",
+        "sasl.oauthbearer.config": "***",
+        "ssl.key.pem": "***",
+    }
+    assert settings["sasl.password"] == "hunter2"  # a copy: the original is untouched
+
+
+def test_redact_of_a_real_producer_config_leaks_no_password():
+    kafka = KafkaConfig("b:9092", parse_kafka_overrides(["sasl.password=hunter2"], {}))
+    assert "hunter2" not in repr(redact(kafka.producer()))
+
+
+# --- RunConfig ----------------------------------------------------------------------------
+
+
+def test_valid_run_config_and_defaults(model_file):
+    config = run_config(model_file)
+    assert (config.max_batch_keys, config.max_steps, config.max_delay_ms, config.cache_keys) == (256, 16, 5, 100_000)
+    assert config.round_keys == 256
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "flag"),
+    [
+        ("max_batch_keys", 0, "--max-batch-keys"),
+        ("max_steps", 0, "--max-steps"),
+        ("cache_keys", -1, "--cache-keys"),
+        ("commit_interval_ms", 0, "--commit-interval-ms"),
+        ("max_event_bytes", 0, "--max-event-bytes"),
+        ("poll_batch", 0, "--poll-batch"),
+        ("max_delay_ms", -1, "--max-delay-ms"),
+        ("metrics_port", -1, "--metrics-port"),
+        ("metrics_port", 65536, "--metrics-port"),
+    ],
+)
+def test_bad_value_is_config_error_naming_the_flag(model_file, field, value, flag):
+    with pytest.raises(ConfigError, match=flag):
+        run_config(model_file, **{field: value})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("max_delay_ms", 0), ("metrics_port", 0), ("metrics_port", 65535), ("max_batch_keys", 1), ("cache_keys", 1)],
+)
+def test_boundary_values_are_accepted(model_file, field, value):
+    assert getattr(run_config(model_file, **{field: value}), field) == value
+
+
+@pytest.mark.parametrize(
+    "topics",
+    [
+        {"output_topic": "events"},
+        {"state_topic": "preds"},
+        {"dlq_topic": "events.state"},
+        {"dlq_topic": "events"},
+    ],
+)
+def test_duplicate_topics_are_config_error(model_file, topics):
+    with pytest.raises(ConfigError, match="must all differ"):
+        run_config(model_file, **topics)
+
+
+def test_missing_model_file_is_config_error(tmp_path):
+    missing = str(tmp_path / "nope.keras")
+    with pytest.raises(ConfigError, match="--model") as info:
+        run_config(missing)
+    assert "nope.keras" in str(info.value)
+
+
+def test_saved_model_directory_is_accepted(tmp_path):
+    assert run_config(str(tmp_path)).model_path == str(tmp_path)
+
+
+@pytest.mark.parametrize(("batch_keys", "cache_keys", "expected"), [(256, 100, 100), (64, 100_000, 64), (50, 50, 50)])
+def test_round_keys_is_the_smaller_of_batch_keys_and_cache_keys(model_file, batch_keys, cache_keys, expected):
+    assert run_config(model_file, max_batch_keys=batch_keys, cache_keys=cache_keys).round_keys == expected
+
+
+def test_run_config_is_frozen(model_file):
+    config = run_config(model_file)
+    with pytest.raises(AttributeError):
+        config.max_steps = 1
+
+
+# --- CLI parsing --------------------------------------------------------------------------
+
+
+def test_run_defaults_without_env():
+    args = build_parser().parse_args(RUN_ARGS)
+    assert args.command == "run"
+    assert (args.model, args.input_topic, args.output_topic) == ("m.keras", "events", "preds")
+    assert (args.state_topic, args.dlq_topic) == (None, None)
+    assert (args.max_batch_keys, args.max_steps, args.max_delay_ms, args.cache_keys) == (256, 16, 5, 100_000)
+    assert args.bootstrap_servers == "127.0.0.1:9092"
+    assert args.kafka_settings == []
+
+
+def test_env_variable_is_the_default(monkeypatch):
+    monkeypatch.setenv("LSTM_WORKER_MAX_STEPS", "7")
+    monkeypatch.setenv("LSTM_WORKER_BOOTSTRAP_SERVERS", "kafka-1:9092,kafka-2:9092")
+    monkeypatch.setenv("LSTM_WORKER_STATE_TOPIC", "custom.state")
+    args = build_parser().parse_args(RUN_ARGS)
+    assert args.max_steps == 7
+    assert args.bootstrap_servers == "kafka-1:9092,kafka-2:9092"
+    assert args.state_topic == "custom.state"
+
+
+def test_flag_overrides_env(monkeypatch):
+    monkeypatch.setenv("LSTM_WORKER_MAX_STEPS", "7")
+    monkeypatch.setenv("LSTM_WORKER_GROUP_ID", "from-env")
+    args = build_parser().parse_args([*RUN_ARGS, "--max-steps", "3", "--group-id", "from-flag"])
+    assert args.max_steps == 3
+    assert args.group_id == "from-flag"
+
+
+def test_env_satisfies_required_options(monkeypatch):
+    monkeypatch.setenv("LSTM_WORKER_MODEL", "env.keras")
+    monkeypatch.setenv("LSTM_WORKER_INPUT_TOPIC", "in")
+    monkeypatch.setenv("LSTM_WORKER_OUTPUT_TOPIC", "out")
+    args = build_parser().parse_args(["run"])
+    assert (args.model, args.input_topic, args.output_topic) == ("env.keras", "in", "out")
+
+
+def test_missing_required_option_exits():
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["run", "--model", "m.keras"])
+    assert info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "argv"),
+    [
+        ("LSTM_WORKER_MAX_BATCH_KEYS", "many", RUN_ARGS),
+        ("LSTM_WORKER_METRICS_PORT", "9100x", RUN_ARGS),
+        ("LSTM_WORKER_RATE", "fast", ["produce", "--topic", "events"]),
+    ],
+)
+def test_bad_number_in_env_exits_naming_the_variable(monkeypatch, capsys, name, value, argv):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(argv)
+    assert info.value.code == 2
+    assert name in capsys.readouterr().err
+
+
+def test_bad_number_in_flag_exits():
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args([*RUN_ARGS, "--max-steps", "three"])
+    assert info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "argv"),
+    [
+        ("LSTM_WORKER_CELL", "transformer", ["make-model", "--out", "m.keras"]),
+        ("LSTM_WORKER_X_FORMAT", "csv", ["produce", "--topic", "events"]),
+    ],
+)
+def test_env_value_outside_the_choices_exits(monkeypatch, name, value, argv):
+    """An env default must be checked like the flag it stands for (argparse skips choices for defaults)."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
+
+
+def test_env_value_inside_the_choices_is_used(monkeypatch):
+    monkeypatch.setenv("LSTM_WORKER_CELL", "gru")
+    assert build_parser().parse_args(["make-model", "--out", "m.keras"]).cell == "gru"
+
+
+def test_x_flags_are_collected_and_merged_with_kafka_env(monkeypatch):
+    monkeypatch.setenv("LSTM_WORKER_KAFKA_SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("LSTM_WORKER_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    args = build_parser().parse_args([*RUN_ARGS, "-X", "sasl.mechanism=SCRAM-SHA-256", "-X", "linger.ms=10"])
+    assert args.kafka_settings == ["sasl.mechanism=SCRAM-SHA-256", "linger.ms=10"]
+    assert dict(parse_kafka_overrides(args.kafka_settings, os.environ)) == {
+        "sasl.mechanism": "SCRAM-SHA-256",
+        "security.protocol": "SASL_SSL",
+        "linger.ms": "10",
+    }
+
+
+def test_float_and_int_options_of_other_commands(monkeypatch):
+    monkeypatch.setenv("LSTM_WORKER_TOLERANCE", "1e-4")
+    args = build_parser().parse_args(["verify", "--model", "m", "--input-topic", "i", "--output-topic", "o"])
+    assert args.tolerance == pytest.approx(1e-4)
+    assert args.timeout_s == 60.0
+    args = build_parser().parse_args(["produce", "--topic", "t", "--keys", "12", "--rate", "2.5"])
+    assert (args.keys, args.rate, args.partitions, args.x_format) == (12, 2.5, 4, "bytes")
