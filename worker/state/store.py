@@ -57,11 +57,10 @@ class StateStore:
         self.metrics.restore_records.inc(count)
         self.metrics.restore_seconds.observe(elapsed)
         log.info(
-            "restored partitions=%s records=%d keys=%d seconds=%.3f",
-            partitions,
+            "restored records=%d seconds=%.3f keys_by_partition=%s",
             count,
-            sum(len(self.index[p]) for p in partitions),
             elapsed,
+            {p: len(self.index[p]) for p in partitions},
         )
         return count
 
