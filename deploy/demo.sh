@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # `make demo`: local broker, reference model, two workers in one group, events, verification.
-# Env: DEMO_KEYS (500), DEMO_EVENTS (100 per key), DEMO_RATE (events/s, 20000), DEMO_PARTITIONS (4),
+# Env: DEMO_KEYS (500), DEMO_EVENTS (100 per key), DEMO_RATE (events/s, 5000), DEMO_PARTITIONS (4),
 #      KAFKA_PORT (9092). Stops what it started (the broker only if it was not already running).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-keys="${DEMO_KEYS:-500}" events="${DEMO_EVENTS:-100}" rate="${DEMO_RATE:-20000}" parts="${DEMO_PARTITIONS:-4}"
+keys="${DEMO_KEYS:-500}" events="${DEMO_EVENTS:-100}" rate="${DEMO_RATE:-5000}" parts="${DEMO_PARTITIONS:-4}"
 port="${KAFKA_PORT:-9092}"
 work=".cache/demo" && mkdir -p "$work"
 bin=".venv/bin/lstm-worker"
@@ -47,10 +47,31 @@ for i in 0 1; do
     sleep 0.5
   done
 done
+for _ in $(seq 1 240); do  # both ready, each with partitions, all partitions assigned
+  assigned=0
+  for i in 0 1; do
+    curl -sf "http://127.0.0.1:910$i/readyz" >/dev/null 2>&1 || { assigned=-1; break; }
+    n=$(curl -s "http://127.0.0.1:910$i/metrics" | awk '/^lstm_worker_assigned_partitions / {print int($2)}')
+    ((${n:-0} > 0)) || { assigned=-1; break; }
+    assigned=$((assigned + n))
+  done
+  ((assigned == parts)) && break
+  sleep 0.5
+done
 echo "== two workers running in group demo-$run; metrics: http://127.0.0.1:9100/metrics http://127.0.0.1:9101/metrics"
 
 $bin produce --bootstrap-servers "$bootstrap" --topic "$input" --keys "$keys" --events-per-key "$events" \
   --rate "$rate" 2>/dev/null | sed 's/^/== /'
+total=$((keys * events))
+for _ in $(seq 1 600); do  # until the group has predicted every event (or 5 minutes)
+  done_count=0
+  for i in 0 1; do
+    n=$(curl -s "http://127.0.0.1:910$i/metrics" | awk '/^lstm_worker_predictions_total / {print int($2)}')
+    done_count=$((done_count + ${n:-0}))
+  done
+  ((done_count >= total)) && break
+  sleep 0.5
+done
 echo "== verifying every prediction against the model on the full history (one call per prefix length)..."
 $bin verify --bootstrap-servers "$bootstrap" --model "$work/model.keras" --input-topic "$input" \
   --output-topic "$output" 2>/dev/null

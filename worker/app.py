@@ -66,7 +66,16 @@ class Worker:
         )
         self.producer = OutputProducer(kafka.producer(), config.state_topic, self.store.delivered)
         self.consumer = Consumer(
-            kafka.consumer(config.group_id, **{"partition.assignment.strategy": "cooperative-sticky"})
+            kafka.consumer(
+                config.group_id,
+                on_commit=self._committed_offsets,
+                **{
+                    # incremental rebalances: partitions that stay keep being processed
+                    "partition.assignment.strategy": "cooperative-sticky",
+                    # members learn of a rebalance at their next heartbeat: keep that short
+                    "heartbeat.interval.ms": 1000,
+                },
+            )
         )
         self.batcher = Batcher(config.round_keys, config.max_steps, config.max_delay_ms)
         self._assigned: set[int] = set()
@@ -106,7 +115,7 @@ class Worker:
         next_commit = time.monotonic() + cfg.commit_interval_ms / 1000.0
         try:
             while not self._stopping:
-                msgs = self.consumer.consume(num_messages=cfg.poll_batch, timeout=self._poll_timeout())
+                msgs = self._poll()
                 if self._restoring:
                     self._restore()
                 for msg in msgs:
@@ -118,16 +127,26 @@ class Worker:
                 if time.monotonic() >= next_commit:
                     self._commit_point()
                     next_commit = time.monotonic() + cfg.commit_interval_ms / 1000.0
-            self._commit_point()
+            self._commit_point(wait=True)
         finally:
             self.consumer.close()
             self.store.reader.close()
             log.info("worker stopped")
 
-    def _poll_timeout(self) -> float:
+    def _poll(self) -> list[Message]:
+        """What is fetched already; else wait for the first record only (a batch wait adds latency)."""
+        batch = self.config.poll_batch
+        msgs = self.consumer.consume(num_messages=batch, timeout=0)
+        if msgs:
+            return msgs
         if len(self.batcher):
-            return max(0.0, self.batcher.max_delay_s - self.batcher.oldest_wait(time.monotonic()))
-        return 0.2
+            timeout = max(0.0, self.batcher.max_delay_s - self.batcher.oldest_wait(time.monotonic()))
+        else:
+            timeout = 0.2
+        msgs = self.consumer.consume(num_messages=1, timeout=timeout)
+        if msgs:
+            msgs.extend(self.consumer.consume(num_messages=batch - 1, timeout=0))
+        return msgs
 
     # -- rebalance ------------------------------------------------------------------
 
@@ -150,7 +169,7 @@ class Worker:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Commit what was processed, then forget the partitions' keys and pending events."""
-        self._commit_point()
+        self._commit_point(wait=True)
         self._forget({tp.partition for tp in partitions})
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -295,7 +314,12 @@ class Worker:
         if self.store.write_dirty(self.producer, self.config.state_topic):
             self.producer.flush()
 
-    def _commit_point(self) -> None:
+    def _commit_point(self, wait: bool = False) -> None:
+        """Predictions, then states, then offsets; `wait` when the partitions are about to go.
+
+        A periodic commit is asynchronous: a synchronous one stalls every partition for as
+        long as a rebalance of the group lasts. A failed one is redone at the next point.
+        """
         started = time.perf_counter()
         self._write_states()
         pending = self.batcher.min_pending_offsets()
@@ -307,14 +331,25 @@ class Worker:
         ]
         if changed:
             try:
-                self.consumer.commit(offsets=changed, asynchronous=False)
-                self._committed.update({tp.partition: tp.offset for tp in changed})
+                if wait:
+                    self._committed_offsets(None, self.consumer.commit(offsets=changed, asynchronous=False) or [])
+                else:
+                    self.consumer.commit(offsets=changed, asynchronous=True)
             except KafkaException as exc:
-                log.warning("offset commit failed (will retry at the next commit point): %s", exc.args[0])
+                log.warning("offset commit failed (redone at the next commit point): %s", exc.args[0])
         if self.store.write_tombstones(self.producer, self.config.state_topic, self._committed):
             self.producer.flush()
         self._update_gauges()
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
+
+    def _committed_offsets(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """Commit results (callback of asynchronous commits): only confirmed offsets count."""
+        if error is not None:
+            log.warning("offset commit failed (redone at the next commit point): %s", error)
+            return
+        for tp in partitions:
+            if tp.error is None and tp.topic == self.config.input_topic and tp.partition in self._assigned:
+                self._committed[tp.partition] = tp.offset
 
     def _update_gauges(self) -> None:
         cache = self.store.cache
