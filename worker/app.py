@@ -336,6 +336,7 @@ class Worker:
                 else:
                     self.consumer.commit(offsets=changed, asynchronous=True)
             except KafkaException as exc:
+                self.metrics.commit_failures.inc()
                 log.warning("offset commit failed (redone at the next commit point): %s", exc.args[0])
         if self.store.write_tombstones(self.producer, self.config.state_topic, self._committed):
             self.producer.flush()
@@ -345,6 +346,7 @@ class Worker:
     def _committed_offsets(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         """Commit results (callback of asynchronous commits): only confirmed offsets count."""
         if error is not None:
+            self.metrics.commit_failures.inc()
             log.warning("offset commit failed (redone at the next commit point): %s", error)
             return
         for tp in partitions:

@@ -7,6 +7,7 @@ a flag given on the command line wins. librdkafka settings: `-X key=value`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -148,23 +149,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from worker.metrics import HealthServer, Metrics
     from worker.model import StreamingTwin, fingerprint, load_model
 
+    derived = {"kafka", "model_path", "state_topic", "dlq_topic"}
     config = RunConfig(
         kafka=_kafka(args),
         model_path=args.model,
-        input_topic=args.input_topic,
-        output_topic=args.output_topic,
         state_topic=args.state_topic or f"{args.input_topic}.state",
         dlq_topic=args.dlq_topic or f"{args.input_topic}.dlq",
-        group_id=args.group_id,
-        max_batch_keys=args.max_batch_keys,
-        max_delay_ms=args.max_delay_ms,
-        max_steps=args.max_steps,
-        cache_keys=args.cache_keys,
-        commit_interval_ms=args.commit_interval_ms,
-        metrics_host=args.metrics_host,
-        metrics_port=args.metrics_port,
-        max_event_bytes=args.max_event_bytes,
-        poll_batch=args.poll_batch,
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if f.name not in derived},
     )
     model = load_model(config.model_path)
     twin = StreamingTwin.from_model(model)

@@ -65,6 +65,9 @@ class Metrics:
         self.restore_seconds = Histogram(
             p + "restore_seconds", "Seconds to restore newly assigned partitions", buckets=_SECONDS, registry=r
         )
+        self.commit_failures = Counter(
+            p + "commit_failures", "Offset commits that failed (redone at the next commit point)", registry=r
+        )
         self.commit_seconds = Histogram(
             p + "commit_seconds", "Seconds per commit point (flush, states, offsets)", buckets=_SECONDS, registry=r
         )

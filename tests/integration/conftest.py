@@ -169,13 +169,13 @@ def model_file(model_dir: Path):
     """Saved reference-style models, built once per (cell, units) for the session."""
     from worker.model.reference import make_reference_model, save_model
 
-    made: dict[tuple[str, tuple[int, ...]], Path] = {}
+    made: dict[tuple[str, tuple[int, ...], int], Path] = {}
 
-    def get(cell: str = "lstm", units: tuple[int, ...] = (100, 200)) -> Path:
-        if (cell, units) not in made:
-            path = model_dir / f"{cell}-{'-'.join(map(str, units))}.keras"
-            save_model(make_reference_model(features=4, units=units, cell=cell, seed=3), str(path))
-            made[(cell, units)] = path
-        return made[(cell, units)]
+    def get(cell: str = "lstm", units: tuple[int, ...] = (100, 200), seed: int = 3) -> Path:
+        if (cell, units, seed) not in made:
+            path = model_dir / f"{cell}-{'-'.join(map(str, units))}-{seed}.keras"
+            save_model(make_reference_model(features=4, units=units, cell=cell, seed=seed), str(path))
+            made[(cell, units, seed)] = path
+        return made[(cell, units, seed)]
 
     return get

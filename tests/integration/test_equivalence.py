@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.integration.kafka_io import metric
 from worker.synthetic import produce_synthetic
 from worker.verify import verify
 
@@ -33,7 +34,14 @@ def test_every_prediction_equals_full_history(kafka, topics, model_file, start_w
 
     report = verify(kafka, model_path=str(model), input_topic=topics.input, output_topic=topics.output, timeout_s=60)
 
+    lookups = {
+        result: metric(worker.get("/metrics")[1], "lstm_worker_cache_lookups_total", result=result)
+        for result in ("hit", "miss", "new")
+    }
     assert worker.stop() == 0, worker.log()
+    assert lookups["new"] == KEYS
+    if "--cache-keys" in extra:  # the LRU holds 16 states: most keys come back from the state topic
+        assert lookups["miss"] > lookups["hit"], lookups
     assert report.events == KEYS * EVENTS
     assert report.keys == KEYS
     assert report.missing == 0, report.summary()

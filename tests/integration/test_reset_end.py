@@ -37,6 +37,14 @@ def test_reset_and_end(kafka, topics, model_file, start_worker):
     report = verify(kafka, model_path=str(model), input_topic=topics.input, output_topic=topics.output, timeout_s=30)
     assert report.ok and report.events == len(records), report.summary()
     assert worker.stop() == 0
+    other = verify(
+        kafka,
+        model_path=str(model_file("lstm", (16, 8), seed=4)),
+        input_topic=topics.input,
+        output_topic=topics.output,
+        timeout_s=10,
+    )
+    assert not other.ok and other.wrong == len(records), "verify must catch predictions of another model"
 
     latest = {r.key: r for r in read_all(kafka, topics.state)}
     assert latest[b"B"].value is None, "an ended key is tombstoned"
