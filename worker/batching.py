@@ -71,8 +71,12 @@ class Batcher:
             return False
         return caught_up or len(self._queues) >= self.max_keys or self.oldest_wait(now) >= self.max_delay_s
 
-    def take(self) -> Round:
-        """The next round: the keys waiting longest, each with its next slice of events."""
+    def take(self, now: float | None = None) -> Round:
+        """The next round: the keys waiting longest, each with its next slice of events.
+
+        A key's leftover events count as arrived `now`: only under a backlog do keys have
+        leftovers, and then rounds run full anyway.
+        """
         ids: list[EntityId] = []
         events: list[list[Event]] = []
         for eid, queue in self._queues.items():
@@ -80,10 +84,13 @@ class Batcher:
                 break
             ids.append(eid)
             events.append(self._slice(queue))
-        for eid in ids:  # a key with events left keeps its place: they are the oldest
-            if not self._queues[eid]:
-                del self._queues[eid]
-                del self._arrival[eid]
+        now = time.monotonic() if now is None else now
+        for eid in ids:  # a key with events left goes behind the others: no key starves the rest
+            del self._arrival[eid]
+            queue = self._queues.pop(eid)
+            if queue:
+                self._queues[eid] = queue
+                self._arrival[eid] = now
         self.pending_events -= sum(len(e) for e in events)
         return Round(ids, events)
 

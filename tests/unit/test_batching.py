@@ -61,14 +61,14 @@ def test_take_respects_max_keys_oldest_keys_first():
     assert [offsets(r) for r in rounds] == [[[0], [1]], [[2], [3]], [[4]]]
 
 
-def test_take_respects_max_steps_and_a_key_with_leftovers_keeps_its_place():
+def test_take_respects_max_steps_and_a_key_with_leftovers_goes_behind_the_others():
     batcher = Batcher(max_keys=2, max_steps=2, max_delay_ms=5)
     add_all(batcher, [(A, ev(0, o)) for o in range(5)] + [(B, ev(0, 10)), (C, ev(1, 20))])
     first = batcher.take()
     assert (first.ids, offsets(first)) == ([A, B], [[0, 1], [10]])
     assert len(batcher) == 4
     second = batcher.take()
-    assert (second.ids, offsets(second)) == ([A, C], [[2, 3], [20]])
+    assert (second.ids, offsets(second)) == ([C, A], [[20], [2, 3]])
     third = batcher.take()
     assert (third.ids, offsets(third)) == ([A], [[4]])
     assert len(batcher) == 0
@@ -211,15 +211,14 @@ def test_min_pending_offsets_per_partition():
     assert batcher.min_pending_offsets() == {}
     add_all(batcher, [(A, ev(0, 7)), (B, ev(0, 8)), (A, ev(0, 9)), (C, ev(1, 41)), (D, ev(1, 40))])
     assert batcher.min_pending_offsets() == {0: 7, 1: 40}
-    assert offsets(batcher.take()) == [[7]]  # A
-    assert batcher.min_pending_offsets() == {0: 8, 1: 40}
-    assert offsets(batcher.take()) == [[9]]  # A again: it kept its place
+    assert offsets(batcher.take()) == [[7]]  # A, whose next event waits behind the other keys
     assert batcher.min_pending_offsets() == {0: 8, 1: 40}
     assert offsets(batcher.take()) == [[8]]  # B
-    assert batcher.min_pending_offsets() == {1: 40}
+    assert batcher.min_pending_offsets() == {0: 9, 1: 40}
     assert offsets(batcher.take()) == [[41]]  # C
-    assert batcher.min_pending_offsets() == {1: 40}
-    batcher.take()
+    assert offsets(batcher.take()) == [[40]]  # D
+    assert batcher.min_pending_offsets() == {0: 9}
+    assert offsets(batcher.take()) == [[9]]  # A again
     assert batcher.min_pending_offsets() == {}
 
 
