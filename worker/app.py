@@ -61,9 +61,8 @@ class Worker:
         reader = TopicReader(
             kafka.consumer(config.group_id + ".state-reader", **{"fetch.wait.max.ms": 20}), config.state_topic
         )
-        self.store = StateStore(
-            StateCache(config.cache_keys, model.state_dim), reader, model.state_sizes, fingerprint, metrics
-        )
+        cache = StateCache(config.cache_keys, model.state_dim)
+        self.store = StateStore(cache, reader, model.state_sizes, fingerprint, metrics, config.on_model_mismatch)
         self.producer = OutputProducer(kafka.producer(), config.state_topic, self.store.delivered)
         self.consumer = Consumer(
             kafka.consumer(
@@ -74,6 +73,7 @@ class Worker:
                     "partition.assignment.strategy": "cooperative-sticky",
                     # members learn of a rebalance at their next heartbeat: keep that short
                     "heartbeat.interval.ms": 1000,
+                    **({"group.instance.id": config.group_instance_id} if config.group_instance_id else {}),
                 },
             )
         )

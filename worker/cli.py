@@ -100,6 +100,18 @@ def _add_run(sub: Any) -> None:
     _option(p, "--metrics-port", int, 9100, help="port of /metrics, /healthz, /readyz (0: none)")
     _option(p, "--max-event-bytes", int, 1_048_576, help="larger events go to the dead-letter topic (too_large)")
     _option(p, "--poll-batch", int, 4096, help="records per consume() call")
+    _option(
+        p,
+        "--group-instance-id",
+        help="static group membership: a restart within the session timeout keeps the partitions",
+    )
+    _option(
+        p,
+        "--on-model-mismatch",
+        default="reset",
+        choices=["reset", "fail"],
+        help="a stored state of another model: start that key from zero (counted), or stop",
+    )
     _option(p, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
 

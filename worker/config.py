@@ -116,6 +116,8 @@ class RunConfig:
     metrics_port: int = 9100
     max_event_bytes: int = 1_048_576
     poll_batch: int = 4096
+    group_instance_id: str | None = None
+    on_model_mismatch: str = "reset"
 
     def __post_init__(self) -> None:
         positive = {
@@ -129,6 +131,8 @@ class RunConfig:
         for flag, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{flag} must be at least 1, got {value}")
+        if self.on_model_mismatch not in ("reset", "fail"):
+            raise ConfigError(f"--on-model-mismatch must be reset or fail, got {self.on_model_mismatch!r}")
         if self.max_delay_ms < 0:
             raise ConfigError(f"--max-delay-ms must be 0 or more, got {self.max_delay_ms}")
         if not 0 <= self.metrics_port <= 65535:

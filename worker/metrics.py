@@ -77,6 +77,9 @@ class Metrics:
         self.assigned_partitions = Gauge(
             p + "assigned_partitions", "Input partitions assigned to this worker", registry=r
         )
+        self.ready = Gauge(
+            p + "ready", "1 when /readyz answers 200 (joined the group, assigned partitions restored)", registry=r
+        )
 
 
 class HealthServer:
@@ -84,6 +87,7 @@ class HealthServer:
 
     def __init__(self, metrics: Metrics, ready: Callable[[], bool], host: str, port: int) -> None:
         registry = metrics.registry
+        metrics.ready.set_function(lambda: 1.0 if ready() else 0.0)
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:

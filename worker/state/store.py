@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from worker.codec import CodecError, StateRecord, decode_state, encode_state
+from worker.errors import ModelError
 from worker.kafka.output import OutputProducer
 from worker.kafka.reader import TopicReader
 from worker.metrics import Metrics
@@ -24,13 +25,20 @@ log = logging.getLogger(__name__)
 
 class StateStore:
     def __init__(
-        self, cache: StateCache, reader: TopicReader, sizes: list[int], fingerprint: str, metrics: Metrics
+        self,
+        cache: StateCache,
+        reader: TopicReader,
+        sizes: list[int],
+        fingerprint: str,
+        metrics: Metrics,
+        on_mismatch: str = "reset",
     ) -> None:
         self.cache = cache
         self.reader = reader
         self.sizes = sizes
         self.fingerprint = fingerprint
         self.metrics = metrics
+        self.on_mismatch = on_mismatch
         self.index: dict[int, dict[bytes, int]] = {}
         self.ended: dict[EntityId, int] = {}
 
@@ -43,13 +51,13 @@ class StateStore:
             self.index[p] = {}
         for p, offset, key, value in self.reader.read_partitions(partitions):
             count += 1
-            if value is None:
+            record = None if value is None else self._decode(p, offset, value)
+            if record is None:  # deleted, unreadable or of another model: the key starts from zero
                 self.index[p].pop(key, None)
                 self.cache.remove((p, key))
                 continue
             self.index[p][key] = offset
-            record = self._decode(p, offset, value)
-            if record is not None and self.cache.room() > 0:
+            if self.cache.room() > 0:
                 self.cache.insert(
                     (p, key), record.state, step=record.step, src=record.src_offset, ts=record.ts, dirty=False
                 )
@@ -126,6 +134,12 @@ class StateStore:
             return None
         if record.model != self.fingerprint:
             self.metrics.model_mismatch.inc()
+            if self.on_mismatch == "fail":
+                raise ModelError(
+                    f"the state at partition {partition} offset {offset} of the state topic was written by model "
+                    f"{record.model}, the loaded model is {self.fingerprint}; serve the model that wrote the states, "
+                    "use a new --state-topic, or start keys from zero with --on-model-mismatch reset"
+                )
             log.warning(
                 "state of another model partition=%d offset=%d model=%s loaded=%s: reset to zero",
                 partition,

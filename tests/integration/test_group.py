@@ -1,0 +1,86 @@
+"""A consumer group of worker processes losing members to SIGKILL and scaling up and down
+mid-stream: states follow the partitions, no step is lost or applied twice."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from tests.integration.kafka_io import metric
+from worker.kafka.topics import create_topic
+from worker.synthetic import produce_synthetic
+from worker.verify import verify
+
+pytestmark = pytest.mark.integration
+
+KEYS, EVENTS, PARTITIONS, RATE = 300, 100, 6, 3000
+
+
+def start_producing(kafka, topic: str) -> threading.Thread:
+    producer = threading.Thread(
+        target=produce_synthetic,
+        args=(kafka,),
+        kwargs=dict(
+            topic=topic, keys=KEYS, events_per_key=EVENTS, features=4, rate=RATE, seed=21, partitions=PARTITIONS
+        ),
+    )
+    producer.start()
+    return producer
+
+
+def predicted(workers) -> float:
+    return sum(metric(w.get("/metrics")[1], "lstm_worker_predictions_total") for w in workers)
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def check_drained(kafka, topics, model) -> None:
+    report = verify(kafka, model_path=str(model), input_topic=topics.input, output_topic=topics.output, timeout_s=60)
+    assert report.events == KEYS * EVENTS
+    assert report.missing == 0 and report.wrong == 0 and report.unexpected == 0, report.summary()
+
+
+def test_sigkill_of_a_member_loses_no_step_and_applies_none_twice(kafka, topics, model_file, start_worker):
+    model = model_file("lstm", (32, 16))
+    create_topic(AdminClient(kafka.admin()), topics.input, PARTITIONS)
+    workers = [start_worker(model, topics) for _ in range(3)]
+    for w in workers:
+        w.wait_ready()
+    producer = start_producing(kafka, topics.input)
+    wait_until(lambda: predicted(workers) >= KEYS * EVENTS / 3, 60, "a third of the predictions")
+    workers[0].proc.kill()  # SIGKILL: no flush, no commit, no leaving the group
+    workers[0].proc.wait()
+    replacement = start_worker(model, topics)
+    replacement.wait_ready()
+    producer.join(60)
+    check_drained(kafka, topics, model)
+    for w in [*workers[1:], replacement]:
+        assert w.stop() == 0, w.log()
+
+
+def test_scale_up_then_down_mid_stream(kafka, topics, model_file, start_worker):
+    model = model_file("lstm", (32, 16))
+    create_topic(AdminClient(kafka.admin()), topics.input, PARTITIONS)
+    first = start_worker(model, topics)
+    first.wait_ready()
+    producer = start_producing(kafka, topics.input)
+    wait_until(lambda: predicted([first]) >= KEYS * EVENTS / 4, 60, "a quarter of the predictions")
+    added = [start_worker(model, topics) for _ in range(2)]
+    for w in added:
+        w.wait_ready()
+    wait_until(lambda: predicted([first, *added]) >= KEYS * EVENTS / 2, 60, "half of the predictions")
+    for w in added:
+        assert w.stop() == 0, w.log()
+    producer.join(60)
+    check_drained(kafka, topics, model)
+    restored = metric(first.get("/metrics")[1], "lstm_worker_restore_records_total")
+    assert restored > 0, "the partitions that came back were restored from the state topic"
+    assert first.stop() == 0, first.log()
