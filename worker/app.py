@@ -63,7 +63,9 @@ class Worker:
         )
         cache = StateCache(config.cache_keys, model.state_dim)
         self.store = StateStore(cache, reader, model.state_sizes, fingerprint, metrics, config.on_model_mismatch)
-        self.producer = OutputProducer(kafka.producer(), config.state_topic, self.store.delivered)
+        # a broker outage is waited out: records never expire in the producer's queue
+        settings = kafka.producer(**{"message.timeout.ms": 0})
+        self.producer = OutputProducer(settings, config.state_topic, self.store.delivered)
         self.consumer = Consumer(
             kafka.consumer(
                 config.group_id,

@@ -28,26 +28,51 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class LocalBroker:
+    """A broker of our own (deploy/kafka), which a test may stop and start on the same data."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.env = {
+            **os.environ,
+            "KAFKA_PORT": str(free_port()),
+            "KAFKA_CONTROLLER_PORT": str(free_port()),
+            "KAFKA_DIR": str(data_dir),
+        }
+        self.bootstrap = f"127.0.0.1:{self.env['KAFKA_PORT']}"
+
+    def start(self) -> None:
+        script = REPO / "deploy/kafka/start.sh"
+        started = subprocess.run([script], env=self.env, capture_output=True, text=True, timeout=180)
+        if started.returncode != 0:
+            pytest.fail(f"local Kafka did not start:\n{started.stdout}\n{started.stderr}")
+
+    def stop(self) -> None:
+        subprocess.run([REPO / "deploy/kafka/stop.sh"], env=self.env, capture_output=True, timeout=60)
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if given:
         yield given
         return
-    port = free_port()
-    env = {
-        **os.environ,
-        "KAFKA_PORT": str(port),
-        "KAFKA_CONTROLLER_PORT": str(free_port()),
-        "KAFKA_DIR": str(tmp_path_factory.mktemp("kafka")),
-    }
-    started = subprocess.run([REPO / "deploy/kafka/start.sh"], env=env, capture_output=True, text=True, timeout=180)
-    if started.returncode != 0:
-        pytest.fail(f"local Kafka did not start:\n{started.stdout}\n{started.stderr}")
+    local = LocalBroker(tmp_path_factory.mktemp("kafka"))
+    local.start()
     try:
-        yield started.stdout.strip().splitlines()[-1]
+        yield local.bootstrap
     finally:
-        subprocess.run([REPO / "deploy/kafka/stop.sh"], env=env, capture_output=True, timeout=60)
+        local.stop()
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[LocalBroker]:
+    """A broker for this test alone (outage tests stop it)."""
+    local = LocalBroker(tmp_path / "kafka")
+    local.start()
+    try:
+        yield local
+    finally:
+        local.stop()
 
 
 @pytest.fixture
@@ -147,8 +172,9 @@ class WorkerProcess:
 def start_worker(broker: str, tmp_path: Path) -> Iterator:
     started: list[WorkerProcess] = []
 
-    def start(model: Path, topics: Topics, *extra: str) -> WorkerProcess:
-        worker = WorkerProcess(broker, model, topics, tmp_path / f"worker-{len(started)}.log", *extra)
+    def start(model: Path, topics: Topics, *extra: str, bootstrap: str | None = None) -> WorkerProcess:
+        log = tmp_path / f"worker-{len(started)}.log"
+        worker = WorkerProcess(bootstrap or broker, model, topics, log, *extra)
         started.append(worker)
         return worker
 

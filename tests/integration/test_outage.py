@@ -1,0 +1,53 @@
+"""The broker goes away mid-stream and comes back on the same data: the worker waits it
+out without exiting, loses nothing, and every prediction is still exact."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from tests.integration.kafka_io import metric
+from worker.config import KafkaConfig
+from worker.kafka.topics import create_topic
+from worker.synthetic import produce_synthetic
+from worker.verify import verify
+
+pytestmark = pytest.mark.integration
+
+KEYS, EVENTS, PARTITIONS = 100, 60, 3
+
+
+def test_broker_outage_is_waited_out(own_broker, topics, model_file, start_worker):
+    kafka = KafkaConfig(own_broker.bootstrap)
+    model = model_file("lstm", (32, 16))
+    create_topic(AdminClient(kafka.admin()), topics.input, PARTITIONS)
+    worker = start_worker(model, topics, bootstrap=own_broker.bootstrap)
+    worker.wait_ready()
+    producer = threading.Thread(
+        target=produce_synthetic,
+        args=(kafka,),
+        kwargs=dict(
+            topic=topics.input, keys=KEYS, events_per_key=EVENTS, features=4, rate=1000, seed=5, partitions=PARTITIONS
+        ),
+    )
+    producer.start()
+    deadline = time.monotonic() + 60
+    while metric(worker.get("/metrics")[1], "lstm_worker_predictions_total") < KEYS * EVENTS / 4:
+        assert time.monotonic() < deadline, worker.log()
+        time.sleep(0.2)
+
+    own_broker.stop()
+    time.sleep(5)
+    assert worker.proc.poll() is None, "the worker must wait for the broker, not exit"
+    own_broker.start()
+
+    producer.join(120)
+    assert not producer.is_alive()
+    report = verify(kafka, model_path=str(model), input_topic=topics.input, output_topic=topics.output, timeout_s=60)
+    assert report.events == KEYS * EVENTS
+    assert report.missing == 0 and report.wrong == 0 and report.unexpected == 0, report.summary() + worker.log()
+    assert worker.proc.poll() is None, worker.log()
+    assert worker.stop() == 0
