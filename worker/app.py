@@ -10,15 +10,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import uuid
 from typing import Protocol
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from worker.batching import Batcher, Round
 from worker.codec import CodecError, dead_letter_headers, decode_event, encode_prediction
 from worker.config import RunConfig
+from worker.errors import KafkaDeliveryError
 from worker.kafka.output import OutputProducer, position
 from worker.kafka.reader import TopicReader
 from worker.kafka.topics import ensure_worker_topics
@@ -63,9 +65,9 @@ class Worker:
         )
         cache = StateCache(config.cache_keys, model.state_dim)
         self.store = StateStore(cache, reader, model.state_sizes, fingerprint, metrics, config.on_model_mismatch)
-        # a broker outage is waited out: records never expire in the producer's queue
-        settings = kafka.producer(**{"message.timeout.ms": 0})
-        self.producer = OutputProducer(settings, config.state_topic, self.store.delivered)
+        self._eos = config.processing_guarantee == "exactly_once_v2"
+        self._transactional_id = f"{config.group_id}.{config.group_instance_id or uuid.uuid4().hex}"
+        self.producer = self._new_producer()
         self.consumer = Consumer(
             kafka.consumer(
                 config.group_id,
@@ -87,6 +89,19 @@ class Worker:
         self._stopping = False
         self._joined = False
         self._warm_up()
+
+    def _new_producer(self) -> OutputProducer:
+        """Idempotent; with exactly_once_v2 transactional, with a transaction open."""
+        kafka = self.config.kafka
+        if self._eos:
+            settings = kafka.producer(**{"transactional.id": self._transactional_id})
+        else:  # a broker outage is waited out: records never expire in the producer's queue
+            settings = kafka.producer(**{"message.timeout.ms": 0})
+        producer = OutputProducer(settings, self.config.state_topic, self.store.delivered)
+        if self._eos:
+            producer.init_transactions()
+            producer.begin()
+        return producer
 
     def _warm_up(self) -> None:
         """One step before joining the group: the first real round must not pay for it."""
@@ -178,12 +193,19 @@ class Worker:
         """Lost (not revoked): another member may own them already, so write nothing."""
         log.warning("partitions lost=%s: dropping their unwritten state", sorted(tp.partition for tp in partitions))
         self._forget({tp.partition for tp in partitions})
+        if self._eos:  # the open transaction holds outputs of the lost partitions: none may commit
+            self._abort("partitions lost")
 
-    def _forget(self, partitions: set[int]) -> None:
+    def _drop(self, partitions: set[int]) -> None:
+        """Forget the partitions' in-memory state and pending events."""
         for p in partitions:
             self.batcher.drop_partition(p)
             self.store.forget(p)
             self._next_offset.pop(p, None)
+
+    def _forget(self, partitions: set[int]) -> None:
+        self._drop(partitions)
+        for p in partitions:
             self._committed.pop(p, None)
             with contextlib.suppress(KeyError):
                 self.metrics.consumer_lag.remove(str(p))
@@ -312,25 +334,38 @@ class Worker:
 
     def _write_states(self) -> None:
         """Predictions first, then states: a state never gets ahead of its predictions."""
+        if self._eos:  # written states must be committed before they can be evicted and read back
+            self._commit_transaction()
+            return
         self.producer.flush()
         if self.store.write_dirty(self.producer, self.config.state_topic):
             self.producer.flush()
 
     def _commit_point(self, wait: bool = False) -> None:
-        """Predictions, then states, then offsets; `wait` when the partitions are about to go.
-
-        A periodic commit is asynchronous: a synchronous one stalls every partition for as
-        long as a rebalance of the group lasts. A failed one is redone at the next point.
-        """
+        """Predictions, then states, then offsets; `wait` when the partitions are about to go."""
         started = time.perf_counter()
-        self._write_states()
+        if self._eos:
+            self._commit_transaction()
+        else:
+            self._commit_offsets(wait)
+        self._update_gauges()
+        self.metrics.commit_seconds.observe(time.perf_counter() - started)
+
+    def _offsets_to_commit(self) -> list[TopicPartition]:
+        """Per partition, the lowest event not processed yet (where changed since the last commit)."""
         pending = self.batcher.min_pending_offsets()
         offsets = {p: pending.get(p, nxt) for p, nxt in self._next_offset.items() if p in self._assigned}
-        changed = [
+        return [
             TopicPartition(self.config.input_topic, p, off)
             for p, off in offsets.items()
             if self._committed.get(p) != off
         ]
+
+    def _commit_offsets(self, wait: bool) -> None:
+        """At least once. A periodic commit is asynchronous: a synchronous one stalls every
+        partition for as long as a rebalance of the group lasts; a failed one is redone."""
+        self._write_states()
+        changed = self._offsets_to_commit()
         if changed:
             try:
                 if wait:
@@ -342,8 +377,48 @@ class Worker:
                 log.warning("offset commit failed (redone at the next commit point): %s", exc.args[0])
         if self.store.write_tombstones(self.producer, self.config.state_topic, self._committed):
             self.producer.flush()
-        self._update_gauges()
-        self.metrics.commit_seconds.observe(time.perf_counter() - started)
+
+    def _commit_transaction(self) -> None:
+        """Exactly once: predictions, dead letters, states and input offsets in one transaction."""
+        topic = self.config.state_topic
+        self.store.write_dirty(self.producer, topic)
+        changed = self._offsets_to_commit()
+        try:
+            self.producer.commit(changed, self.consumer.consumer_group_metadata())
+        except (KafkaException, KafkaDeliveryError) as exc:
+            self.metrics.commit_failures.inc()
+            self._abort(str(exc))
+            return
+        self._committed.update({tp.partition: tp.offset for tp in changed})
+        self.producer.begin()
+        self.store.write_tombstones(self.producer, topic, self._committed)  # in the next transaction
+
+    def _abort(self, reason: str) -> None:
+        """Drop the transaction and every assigned partition's in-memory state; restore them
+        from what was committed: state of an aborted transaction is never reused."""
+        log.error(
+            "transaction aborted (%s): restoring partitions=%s from committed state", reason, sorted(self._assigned)
+        )
+        self.metrics.transaction_aborts.inc()
+        try:
+            self.producer.abort()
+            self.producer.begin()
+        except KafkaException as exc:  # fenced or otherwise unusable: a new producer fences the old
+            log.error("transactional producer replaced: %s", exc.args[0])
+            self.producer = self._new_producer()
+        self._rewind(self._assigned)
+
+    def _rewind(self, partitions: set[int]) -> None:
+        """Back to the committed offsets, paused until restored."""
+        self._drop(partitions)
+        if not partitions:
+            return
+        committed = self.consumer.committed([TopicPartition(self.config.input_topic, p) for p in partitions], 30.0)
+        self.consumer.pause(committed)
+        for tp in committed:
+            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            self.consumer.seek(TopicPartition(self.config.input_topic, tp.partition, offset))
+        self._restoring |= partitions
 
     def _committed_offsets(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         """Commit results (callback of asynchronous commits): only confirmed offsets count."""

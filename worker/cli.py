@@ -112,6 +112,13 @@ def _add_run(sub: Any) -> None:
         choices=["reset", "fail"],
         help="a stored state of another model: start that key from zero (counted), or stop",
     )
+    _option(
+        p,
+        "--processing-guarantee",
+        default="at_least_once",
+        choices=["at_least_once", "exactly_once_v2"],
+        help="exactly_once_v2: predictions, states and offsets commit in one transaction",
+    )
     _option(p, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
 
@@ -145,6 +152,7 @@ def _add_verify(sub: Any) -> None:
     _option(p, "--output-topic", required=True, help="predictions topic")
     _option(p, "--tolerance", float, 1e-5, help="largest accepted absolute difference")
     _option(p, "--timeout-s", float, 60.0, help="give up when no new prediction arrived for this long")
+    _option(p, "--plot", help="also write a PNG of a few keys' streaming vs full-history predictions (needs [demo])")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
 
@@ -223,8 +231,12 @@ def _cmd_produce(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from worker.plot import PredictionTrace, plot_trace, require_matplotlib
     from worker.verify import verify
 
+    if args.plot:
+        require_matplotlib()
+    trace = PredictionTrace() if args.plot else None
     report = verify(
         _kafka(args),
         model_path=args.model,
@@ -232,8 +244,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         output_topic=args.output_topic,
         tolerance=args.tolerance,
         timeout_s=args.timeout_s,
+        trace=trace,
     )
     print(json.dumps(report.as_dict()) if args.json else report.summary())
+    if trace is not None:
+        plot_trace(trace, args.plot)
     return 0 if report.ok else 1
 
 

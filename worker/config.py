@@ -118,6 +118,7 @@ class RunConfig:
     poll_batch: int = 4096
     group_instance_id: str | None = None
     on_model_mismatch: str = "reset"
+    processing_guarantee: str = "at_least_once"
 
     def __post_init__(self) -> None:
         positive = {
@@ -133,6 +134,10 @@ class RunConfig:
                 raise ConfigError(f"{flag} must be at least 1, got {value}")
         if self.on_model_mismatch not in ("reset", "fail"):
             raise ConfigError(f"--on-model-mismatch must be reset or fail, got {self.on_model_mismatch!r}")
+        if self.processing_guarantee not in ("at_least_once", "exactly_once_v2"):
+            raise ConfigError(
+                f"--processing-guarantee must be at_least_once or exactly_once_v2, got {self.processing_guarantee!r}"
+            )
         if self.max_delay_ms < 0:
             raise ConfigError(f"--max-delay-ms must be 0 or more, got {self.max_delay_ms}")
         if not 0 <= self.metrics_port <= 65535:

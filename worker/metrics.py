@@ -68,6 +68,11 @@ class Metrics:
         self.commit_failures = Counter(
             p + "commit_failures", "Offset commits that failed (redone at the next commit point)", registry=r
         )
+        self.transaction_aborts = Counter(
+            p + "transaction_aborts",
+            "Aborted transactions (exactly_once_v2); their partitions are restored",
+            registry=r,
+        )
         self.commit_seconds = Histogram(
             p + "commit_seconds", "Seconds per commit point (flush, states, offsets)", buckets=_SECONDS, registry=r
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -22,6 +23,9 @@ from worker.kafka.reader import TopicReader
 from worker.kafka.topics import partition_count
 from worker.model.loader import load_model
 from worker.model.offline import full_history_predictions
+
+if TYPE_CHECKING:
+    from worker.plot import PredictionTrace
 
 Src = tuple[int, int]
 
@@ -127,6 +131,7 @@ def _check_predictions(
     tolerance: float,
     timeout_s: float,
     report: VerifyReport,
+    trace: PredictionTrace | None = None,
 ) -> None:
     admin = AdminClient(kafka.admin())
     partitions = partition_count(admin, topic) or 0
@@ -149,7 +154,7 @@ def _check_predictions(
                     continue
                 at_end.discard(p)
                 last_progress = time.monotonic()
-                ts = _score(msg.value(), expected, seen, tolerance, report)
+                ts = _score(msg.value(), expected, seen, tolerance, report, trace)
                 if ts is not None:
                     timing.append((msg.timestamp()[1], ts))
     finally:
@@ -171,7 +176,12 @@ def _timing(timing: list[tuple[int, int]], report: VerifyReport) -> None:
 
 
 def _score(
-    value: bytes | None, expected: dict[Src, np.ndarray], seen: set[Src], tolerance: float, report: VerifyReport
+    value: bytes | None,
+    expected: dict[Src, np.ndarray],
+    seen: set[Src],
+    tolerance: float,
+    report: VerifyReport,
+    trace: PredictionTrace | None = None,
 ) -> int | None:
     """Count one prediction; returns its event ts when it is one of the expected."""
     report.predictions += 1
@@ -192,6 +202,8 @@ def _score(
     report.max_abs_diff = max(report.max_abs_diff, diff)
     if not diff <= tolerance:
         report.wrong += 1
+    if trace is not None:
+        trace.observe(src, pred.y)
     return pred.ts
 
 
@@ -203,13 +215,17 @@ def verify(
     output_topic: str,
     tolerance: float = 1e-5,
     timeout_s: float = 60.0,
+    trace: PredictionTrace | None = None,
 ) -> VerifyReport:
+    """`trace`, when given, records a few keys' offline and streaming predictions (`worker.plot`)."""
     started = time.monotonic()
     report = VerifyReport()
     model = load_model(model_path)
     features = int(model.input_shape[-1])
     events = _read_events(kafka, input_topic, features, report)
     expected = expected_predictions(model, events, report)
-    _check_predictions(kafka, output_topic, expected, tolerance, timeout_s, report)
+    if trace is not None:
+        trace.choose(events, expected)
+    _check_predictions(kafka, output_topic, expected, tolerance, timeout_s, report, trace)
     report.seconds = time.monotonic() - started
     return report

@@ -8,10 +8,11 @@ cover are durable. State-topic deliveries report their offsets back to the state
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from worker.errors import KafkaDeliveryError
 
@@ -81,3 +82,38 @@ class OutputProducer:
         if self._failure is not None:
             failure, self._failure = self._failure, None
             raise failure
+
+    # -- transactions (processing_guarantee=exactly_once_v2) ---------------------------
+
+    def init_transactions(self) -> None:
+        """Fence older producers of this transactional.id; needed once before `begin`."""
+        self._retrying(lambda: self._producer.init_transactions(30.0))
+
+    def begin(self) -> None:
+        self._producer.begin_transaction()
+
+    def commit(self, offsets: list[TopicPartition], group: object) -> None:
+        """Outputs and input offsets become visible together, or not at all.
+
+        Raises the KafkaException of a failure that needs an abort (or is fatal).
+        """
+        if offsets:
+            self._retrying(lambda: self._producer.send_offsets_to_transaction(offsets, group, 30.0))
+        self._retrying(lambda: self._producer.commit_transaction(60.0))
+        self._raise_failure()
+
+    def abort(self) -> None:
+        self._failure = None  # what failed is aborted with the rest
+        self._retrying(lambda: self._producer.abort_transaction(60.0))
+
+    def _retrying(self, call: Callable[[], object]) -> None:
+        """Retriable transaction errors (a broker away) are waited out."""
+        while True:
+            try:
+                call()
+                return
+            except KafkaException as exc:
+                if not exc.args[0].retriable():
+                    raise
+                log.warning("transaction call will be retried: %s", exc.args[0])
+                time.sleep(1.0)
