@@ -86,6 +86,8 @@ class Worker:
         self._restoring: set[int] = set()
         self._next_offset: dict[int, int] = {}
         self._committed: dict[int, int] = {}
+        self._stream_time: dict[int, int] = {}  # partition -> newest event ts applied
+        self._next_expiry = 0.0
         self._stopping = False
         self._joined = False
         self._warm_up()
@@ -202,6 +204,7 @@ class Worker:
             self.batcher.drop_partition(p)
             self.store.forget(p)
             self._next_offset.pop(p, None)
+            self._stream_time.pop(p, None)
 
     def _forget(self, partitions: set[int]) -> None:
         self._drop(partitions)
@@ -323,6 +326,8 @@ class Worker:
             count += len(events)
             last = events[-1]
             cache.step[row], cache.src[row], cache.ts[row] = step, last.offset, last.ts
+            if last.ts > self._stream_time.get(partition, -1):
+                self._stream_time[partition] = last.ts
             if last.end:
                 self.store.end(eid, row, last.offset)
             else:
@@ -348,8 +353,26 @@ class Worker:
             self._commit_transaction()
         else:
             self._commit_offsets(wait)
+        self._expire_idle()
         self._update_gauges()
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
+
+    def _expire_idle(self) -> None:
+        """--state-ttl: at most every tenth of the TTL (a scan of every key)."""
+        ttl_s = self.config.state_ttl_s
+        if not ttl_s or time.monotonic() < self._next_expiry:
+            return
+        self._next_expiry = time.monotonic() + max(1.0, ttl_s / 10)
+        expired = self.store.expire(
+            self.producer,
+            self.config.state_topic,
+            int(ttl_s * 1000),
+            self._stream_time,
+            self._committed,
+            self.batcher.has,
+        )
+        if expired:
+            log.info("expired idle keys=%d ttl_s=%s", expired, ttl_s)
 
     def _offsets_to_commit(self) -> list[TopicPartition]:
         """Per partition, the lowest event not processed yet (where changed since the last commit)."""

@@ -59,6 +59,10 @@ class Batcher:
         queue.append(event)
         self.pending_events += 1
 
+    def has(self, eid: EntityId) -> bool:
+        """The key has events waiting."""
+        return eid in self._queues
+
     def oldest_wait(self, now: float) -> float:
         """Seconds the oldest pending key has waited (0 when nothing is pending)."""
         if not self._arrival:

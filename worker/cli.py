@@ -119,6 +119,14 @@ def _add_run(sub: Any) -> None:
         choices=["at_least_once", "exactly_once_v2"],
         help="exactly_once_v2: predictions, states and offsets commit in one transaction",
     )
+    _option(
+        p,
+        "--state-ttl",
+        float,
+        0.0,
+        dest="state_ttl_s",
+        help="seconds of stream time after which an idle key's state is deleted; 0: never",
+    )
     _option(p, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
 

@@ -119,6 +119,7 @@ class RunConfig:
     group_instance_id: str | None = None
     on_model_mismatch: str = "reset"
     processing_guarantee: str = "at_least_once"
+    state_ttl_s: float = 0.0
 
     def __post_init__(self) -> None:
         positive = {
@@ -138,6 +139,8 @@ class RunConfig:
             raise ConfigError(
                 f"--processing-guarantee must be at_least_once or exactly_once_v2, got {self.processing_guarantee!r}"
             )
+        if self.state_ttl_s < 0:
+            raise ConfigError(f"--state-ttl must be 0 (keep states forever) or more seconds, got {self.state_ttl_s}")
         if self.max_delay_ms < 0:
             raise ConfigError(f"--max-delay-ms must be 0 or more, got {self.max_delay_ms}")
         if not 0 <= self.metrics_port <= 65535:

@@ -59,6 +59,9 @@ class Metrics:
         self.state_writes = Counter(
             p + "state_writes", "State records written to the state topic (tombstone: deletions)", ["kind"], registry=r
         )
+        self.expired_keys = Counter(
+            p + "expired_keys", "Keys idle for longer than --state-ttl, tombstoned and dropped", registry=r
+        )
         self.restore_records = Counter(
             p + "restore_records", "State records read while restoring partitions", registry=r
         )

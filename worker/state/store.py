@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -40,6 +41,8 @@ class StateStore:
         self.metrics = metrics
         self.on_mismatch = on_mismatch
         self.index: dict[int, dict[bytes, int]] = {}
+        # partition -> key -> (event ts, input offset) of the last event in the written state
+        self.seen: dict[int, dict[bytes, tuple[int, int]]] = {}
         self.ended: dict[EntityId, int] = {}
 
     # -- restore and forget -------------------------------------------------------
@@ -49,14 +52,17 @@ class StateStore:
         started, count = time.monotonic(), 0
         for p in partitions:
             self.index[p] = {}
+            self.seen[p] = {}
         for p, offset, key, value in self.reader.read_partitions(partitions):
             count += 1
             record = None if value is None else self._decode(p, offset, value)
             if record is None:  # deleted, unreadable or of another model: the key starts from zero
                 self.index[p].pop(key, None)
+                self.seen[p].pop(key, None)
                 self.cache.remove((p, key))
                 continue
             self.index[p][key] = offset
+            self.seen[p][key] = (record.ts, record.src_offset)
             if self.cache.room() > 0:
                 self.cache.insert(
                     (p, key), record.state, step=record.step, src=record.src_offset, ts=record.ts, dirty=False
@@ -75,6 +81,7 @@ class StateStore:
     def forget(self, partition: int) -> None:
         """Drop a revoked partition; its dirty states must have been written first."""
         self.index.pop(partition, None)
+        self.seen.pop(partition, None)
         self.cache.remove_partition(partition)
         self.ended = {eid: off for eid, off in self.ended.items() if eid[0] != partition}
 
@@ -168,16 +175,19 @@ class StateStore:
         cache = self.cache
         for row in rows:
             partition, key = cache.entity(row)
+            src, ts = int(cache.src[row]), int(cache.ts[row])
             value = encode_state(
                 cache.states[row],
                 self.sizes,
                 model=self.fingerprint,
                 step=int(cache.step[row]),
                 partition=partition,
-                offset=int(cache.src[row]),
-                ts=int(cache.ts[row]),
+                offset=src,
+                ts=ts,
             )
             producer.produce(topic, key, value, partition)
+            if partition in self.seen:
+                self.seen[partition][key] = (ts, src)
         self.metrics.state_writes.labels("state").inc(len(rows))
         return len(rows)
 
@@ -187,11 +197,41 @@ class StateStore:
             eid for eid, off in self.ended.items() if off < committed.get(eid[0], -1) and not self.cache.is_dirty(eid)
         ]
         for eid in due:
-            producer.produce(topic, eid[1], None, eid[0])
-            self.cache.remove(eid)
-            del self.ended[eid]
-        self.metrics.state_writes.labels("tombstone").inc(len(due))
+            self._tombstone(producer, topic, eid)
         return len(due)
+
+    def expire(
+        self,
+        producer: OutputProducer,
+        topic: str,
+        ttl_ms: int,
+        stream_time: dict[int, int],
+        committed: dict[int, int],
+        active: Callable[[EntityId], bool],
+    ) -> int:
+        """Tombstone keys idle for longer than `ttl_ms` of their partition's stream time
+        (its newest event timestamp), so replays and backlogs never expire live keys; only
+        keys whose last event is below the committed offset, so a replay cannot re-apply it."""
+        due = [
+            (p, key)
+            for p, seen in self.seen.items()
+            for key, (ts, src) in seen.items()
+            if stream_time.get(p, ts) - ts > ttl_ms
+            and src < committed.get(p, -1)
+            and not self.cache.is_dirty((p, key))
+            and not active((p, key))
+        ]
+        for eid in due:
+            self._tombstone(producer, topic, eid)
+        self.metrics.expired_keys.inc(len(due))
+        return len(due)
+
+    def _tombstone(self, producer: OutputProducer, topic: str, eid: EntityId) -> None:
+        producer.produce(topic, eid[1], None, eid[0])
+        self.cache.remove(eid)
+        self.ended.pop(eid, None)
+        self.seen.get(eid[0], {}).pop(eid[1], None)
+        self.metrics.state_writes.labels("tombstone").inc()
 
     def delivered(self, partition: int, key: bytes, offset: int, tombstone: bool) -> None:
         """Delivery report of a state record: keep the index pointing at the latest one."""
