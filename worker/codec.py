@@ -162,25 +162,33 @@ def encode_state(
 
 
 def decode_state(value: bytes, sizes: list[int]) -> StateRecord:
-    """Decode a state record; a record of another layout is a CodecError, never a silent reshape."""
+    """Decode a state record; a record of another layout is a CodecError, never a silent reshape.
+
+    On the restore path for every record, so the checks are few and flat.
+    """
     obj = _unpack_map(value)
     version = obj.get("v")
     if type(version) is not int or version != WIRE_VERSION:
         raise CodecError("version", f"state record version {version!r}, this worker reads {WIRE_VERSION}")
-    src, parts, model = obj.get("src"), obj.get("s"), obj.get("model")
-    numbers = [obj.get("step"), obj.get("ts"), *(src if isinstance(src, list) else [])]
-    if (
-        not isinstance(model, str)
-        or parts is None
-        or not isinstance(src, list)
-        or len(src) != 2
-        or any(type(n) is not int for n in numbers)
+    src, parts, model, step, ts = obj.get("src"), obj.get("s"), obj.get("model"), obj.get("step"), obj.get("ts")
+    if not (
+        type(model) is str
+        and type(step) is int
+        and type(ts) is int
+        and type(src) is list
+        and len(src) == 2
+        and type(src[0]) is int
+        and type(src[1]) is int
+        and parts is not None
     ):
         raise CodecError("type", "a state record needs model (str), step, ts (int) and src [partition, offset]")
-    if not isinstance(parts, list) or [len(p) if isinstance(p, bytes) else -1 for p in parts] != [4 * s for s in sizes]:
+    if (
+        type(parts) is not list
+        or not all(type(p) is bytes for p in parts)
+        or list(map(len, parts)) != [4 * s for s in sizes]
+    ):
         raise CodecError("shape", f"state tensors do not match the model's sizes {sizes}")
-    state = np.frombuffer(b"".join(parts), dtype="<f4")
-    return StateRecord(model, obj["step"], src[0], src[1], obj["ts"], state)
+    return StateRecord(model, step, src[0], src[1], ts, np.frombuffer(b"".join(parts), dtype="<f4"))
 
 
 def dead_letter_headers(
