@@ -26,9 +26,11 @@ from worker.kafka.reader import TopicReader
 from worker.kafka.topics import ensure_worker_topics
 from worker.metrics import Metrics
 from worker.state.cache import StateCache
+from worker.state.restore import Restore
 from worker.state.store import StateStore
 
 log = logging.getLogger(__name__)
+_RESTORE_SLICE = 20_000  # state records per loop iteration while restoring (about 0.2 s)
 
 
 class StepModel(Protocol):
@@ -60,9 +62,11 @@ class Worker:
             dlq_topic=config.dlq_topic,
         )
         kafka = config.kafka
-        reader = TopicReader(
-            kafka.consumer(config.group_id + ".state-reader", **{"fetch.wait.max.ms": 20}), config.state_topic
-        )
+        reader_settings = kafka.consumer(config.group_id + ".state-reader", **{"fetch.wait.max.ms": 20})
+        reader = TopicReader(reader_settings, config.state_topic)  # LRU misses
+        self._restore_reader = TopicReader(reader_settings, config.state_topic)
+        self._restore_job: Restore | None = None
+        self._seek_back: dict[int, int] = {}
         cache = StateCache(config.cache_keys, model.state_dim)
         self.store = StateStore(cache, reader, model.state_sizes, fingerprint, metrics, config.on_model_mismatch)
         self._eos = config.processing_guarantee == "exactly_once_v2"
@@ -75,8 +79,12 @@ class Worker:
                 **{
                     # incremental rebalances: partitions that stay keep being processed
                     "partition.assignment.strategy": "cooperative-sticky",
-                    # members learn of a rebalance at their next heartbeat: keep that short
+                    # members learn of a rebalance at their next heartbeat: keep that short; a member
+                    # that died stalls a rebalance until its session times out (the group's other
+                    # members wait for it): 10 s rather than 45 s. Heartbeats come from librdkafka's
+                    # own thread, so a long model step never misses one. -X overrides both.
                     "heartbeat.interval.ms": 1000,
+                    "session.timeout.ms": 10000,
                     **({"group.instance.id": config.group_instance_id} if config.group_instance_id else {}),
                 },
             )
@@ -88,6 +96,7 @@ class Worker:
         self._committed: dict[int, int] = {}
         self._stream_time: dict[int, int] = {}  # partition -> newest event ts applied
         self._next_expiry = 0.0
+        self._commit_in_flight = False
         self._stopping = False
         self._joined = False
         self._warm_up()
@@ -136,7 +145,7 @@ class Worker:
             while not self._stopping:
                 msgs = self._poll()
                 if self._restoring:
-                    self._restore()
+                    self._advance_restore()
                 for msg in msgs:
                     self._accept(msg)
                 caught_up = len(msgs) < cfg.poll_batch
@@ -150,6 +159,7 @@ class Worker:
         finally:
             self.consumer.close()
             self.store.reader.close()
+            self._restore_reader.close()
             log.info("worker stopped")
 
     def _poll(self) -> list[Message]:
@@ -158,7 +168,9 @@ class Worker:
         msgs = self.consumer.consume(num_messages=batch, timeout=0)
         if msgs:
             return msgs
-        if len(self.batcher):
+        if self._restoring:  # a restore is waiting for its next slice
+            timeout = 0.0
+        elif len(self.batcher):
             timeout = max(0.0, self.batcher.max_delay_s - self.batcher.oldest_wait(time.monotonic()))
         else:
             timeout = 0.2
@@ -180,11 +192,18 @@ class Worker:
         self.metrics.assigned_partitions.set(len(self._assigned))
         log.info("assigned partitions=%s", sorted(new))
 
-    def _restore(self) -> None:
-        partitions = sorted(self._restoring)
-        self.store.restore(partitions)
-        self._restoring.clear()
-        self.consumer.resume([TopicPartition(self.config.input_topic, p) for p in partitions])
+    def _advance_restore(self) -> None:
+        """One slice of the restore; partitions restored to the end resume."""
+        if self._restore_job is None:
+            self._restore_job = Restore(self.store, self._restore_reader, sorted(self._restoring), self.metrics)
+        if not self._restore_job.step(_RESTORE_SLICE):
+            return
+        done = self._restore_job.partitions & self._assigned
+        self._restore_job = None
+        self._restoring -= done
+        for p in done & self._seek_back.keys():  # records that slipped through the pause
+            self.consumer.seek(TopicPartition(self.config.input_topic, p, self._seek_back.pop(p)))
+        self.consumer.resume([TopicPartition(self.config.input_topic, p) for p in sorted(done)])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Commit what was processed, then forget the partitions' keys and pending events."""
@@ -205,6 +224,9 @@ class Worker:
             self.store.forget(p)
             self._next_offset.pop(p, None)
             self._stream_time.pop(p, None)
+            self._seek_back.pop(p, None)
+            if self._restore_job is not None:
+                self._restore_job.cancel(p)
 
     def _forget(self, partitions: set[int]) -> None:
         self._drop(partitions)
@@ -229,6 +251,9 @@ class Worker:
             return
         p, offset = position(msg)
         if p not in self._assigned:  # fetched before a revoke: the partition's new owner handles it
+            return
+        if p in self._restoring:  # fetched despite the pause: read again once restored
+            self._seek_back[p] = min(offset, self._seek_back.get(p, offset))
             return
         self._next_offset[p] = offset + 1
         key = msg.key()
@@ -393,7 +418,8 @@ class Worker:
             try:
                 if wait:
                     self._committed_offsets(None, self.consumer.commit(offsets=changed, asynchronous=False) or [])
-                else:
+                elif not self._commit_in_flight:  # during a rebalance commits wait: do not pile them up
+                    self._commit_in_flight = True
                     self.consumer.commit(offsets=changed, asynchronous=True)
             except KafkaException as exc:
                 self.metrics.commit_failures.inc()
@@ -445,6 +471,7 @@ class Worker:
 
     def _committed_offsets(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         """Commit results (callback of asynchronous commits): only confirmed offsets count."""
+        self._commit_in_flight = False
         if error is not None:
             self.metrics.commit_failures.inc()
             log.warning("offset commit failed (redone at the next commit point): %s", error)

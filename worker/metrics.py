@@ -65,6 +65,9 @@ class Metrics:
         self.restore_records = Counter(
             p + "restore_records", "State records read while restoring partitions", registry=r
         )
+        self.restoring_partitions = Gauge(
+            p + "restoring_partitions", "Assigned partitions whose state is being restored (paused)", registry=r
+        )
         self.restore_seconds = Histogram(
             p + "restore_seconds", "Seconds to restore newly assigned partitions", buckets=_SECONDS, registry=r
         )

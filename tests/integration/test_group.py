@@ -19,12 +19,12 @@ pytestmark = pytest.mark.integration
 KEYS, EVENTS, PARTITIONS, RATE = 300, 100, 6, 3000
 
 
-def start_producing(kafka, topic: str) -> threading.Thread:
+def start_producing(kafka, topic: str, rate: float = RATE) -> threading.Thread:
     producer = threading.Thread(
         target=produce_synthetic,
         args=(kafka,),
         kwargs=dict(
-            topic=topic, keys=KEYS, events_per_key=EVENTS, features=4, rate=RATE, seed=21, partitions=PARTITIONS
+            topic=topic, keys=KEYS, events_per_key=EVENTS, features=4, rate=rate, seed=21, partitions=PARTITIONS
         ),
     )
     producer.start()
@@ -77,14 +77,24 @@ def test_scale_up_then_down_mid_stream(kafka, topics, model_file, start_worker):
     create_topic(AdminClient(kafka.admin()), topics.input, PARTITIONS)
     first = start_worker(model, topics)
     first.wait_ready()
-    producer = start_producing(kafka, topics.input)
-    wait_until(lambda: predicted([first]) >= KEYS * EVENTS / 4, 60, "a quarter of the predictions")
+    producer = start_producing(kafka, topics.input, rate=RATE / 2)  # long enough for members to come and go
     added = [start_worker(model, topics) for _ in range(2)]
     for w in added:
         w.wait_ready()
+    wait_until(
+        lambda: all(metric(w.get("/metrics")[1], "lstm_worker_assigned_partitions") for w in added),
+        60,
+        "the new members to take partitions",
+    )
     wait_until(lambda: predicted([first, *added]) >= KEYS * EVENTS / 2, 60, "half of the predictions")
     for w in added:
         assert w.stop() == 0, w.log()
+    assert producer.is_alive(), "the members must leave mid-stream"
+    wait_until(
+        lambda: metric(first.get("/metrics")[1], "lstm_worker_assigned_partitions") == PARTITIONS,
+        60,
+        "the partitions to come back",
+    )
     producer.join(60)
     check_drained(kafka, topics, model)
     restored = metric(first.get("/metrics")[1], "lstm_worker_restore_records_total")

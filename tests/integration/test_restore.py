@@ -15,6 +15,7 @@ from worker.kafka.reader import TopicReader
 from worker.kafka.topics import create_topic
 from worker.metrics import Metrics
 from worker.state.cache import StateCache
+from worker.state.restore import Restore
 from worker.state.store import StateStore
 
 pytestmark = pytest.mark.integration
@@ -37,8 +38,13 @@ def test_restore_of_100k_keys_is_exact(kafka, topics):
     reader = TopicReader(kafka.consumer("test-restore", **{"fetch.wait.max.ms": 20}), topics.state)
     store = StateStore(cache, reader, SIZES, MODEL, Metrics())
     started = time.monotonic()
-    restored = store.restore(list(range(PARTITIONS)))
+    restore = Restore(store, reader, list(range(PARTITIONS)), Metrics())
+    slices = 1
+    while not restore.step(20_000):
+        slices += 1
     seconds = time.monotonic() - started
+    restored = restore.count
+    assert slices > 2 * KEYS / 20_000 - 1, "the restore ran in slices"
     reader.close()
     print(f"restore: {restored} records in {seconds:.2f} s = {restored / seconds:,.0f} records/s")
 

@@ -9,7 +9,6 @@ cannot re-apply them) and tombstoned only once the input offsets past them are c
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -47,36 +46,29 @@ class StateStore:
 
     # -- restore and forget -------------------------------------------------------
 
-    def restore(self, partitions: list[int]) -> int:
-        """Rebuild the index of these partitions from the state topic and warm the LRU."""
-        started, count = time.monotonic(), 0
+    def begin_restore(self, partitions: list[int]) -> None:
+        """Start rebuilding these partitions' index from the state topic; `apply` each record."""
         for p in partitions:
             self.index[p] = {}
             self.seen[p] = {}
-        for p, offset, key, value in self.reader.read_partitions(partitions):
-            count += 1
-            record = None if value is None else self._decode(p, offset, value)
-            if record is None:  # deleted, unreadable or of another model: the key starts from zero
-                self.index[p].pop(key, None)
-                self.seen[p].pop(key, None)
-                self.cache.remove((p, key))
-                continue
-            self.index[p][key] = offset
-            self.seen[p][key] = (record.ts, record.src_offset)
-            if self.cache.room() > 0:
-                self.cache.insert(
-                    (p, key), record.state, step=record.step, src=record.src_offset, ts=record.ts, dirty=False
-                )
-        elapsed = time.monotonic() - started
-        self.metrics.restore_records.inc(count)
-        self.metrics.restore_seconds.observe(elapsed)
-        log.info(
-            "restored records=%d seconds=%.3f keys_by_partition=%s",
-            count,
-            elapsed,
-            {p: len(self.index[p]) for p in partitions},
-        )
-        return count
+
+    def apply(self, p: int, offset: int, key: bytes, value: bytes | None) -> None:
+        """One state record read at restore: index it and warm the LRU with it."""
+        index = self.index.get(p)
+        if index is None:  # revoked while restoring
+            return
+        record = None if value is None else self._decode(p, offset, value)
+        if record is None:  # deleted, unreadable or of another model: the key starts from zero
+            index.pop(key, None)
+            self.seen[p].pop(key, None)
+            self.cache.remove((p, key))
+            return
+        index[key] = offset
+        self.seen[p][key] = (record.ts, record.src_offset)
+        if self.cache.room() > 0:
+            self.cache.insert(
+                (p, key), record.state, step=record.step, src=record.src_offset, ts=record.ts, dirty=False
+            )
 
     def forget(self, partition: int) -> None:
         """Drop a revoked partition; its dirty states must have been written first."""

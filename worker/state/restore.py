@@ -1,0 +1,68 @@
+"""Restore of newly assigned partitions from the state topic, run in slices.
+
+The loop advances a restore by a bounded number of records per iteration and polls the
+group consumer in between, so the other partitions keep flowing, rebalances are served,
+and `max.poll.interval.ms` is never at risk, however large the state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from worker.kafka.reader import TopicReader
+from worker.metrics import Metrics
+from worker.state.store import StateStore
+
+log = logging.getLogger(__name__)
+
+
+class Restore:
+    """Reads the state partitions to their end offsets as of the start, into the store."""
+
+    def __init__(self, store: StateStore, reader: TopicReader, partitions: list[int], metrics: Metrics) -> None:
+        self.partitions = set(partitions)
+        self._store = store
+        self._metrics = metrics
+        self._records = reader.read_partitions(sorted(partitions))
+        self._started = time.monotonic()
+        self.count = 0
+        store.begin_restore(partitions)
+        metrics.restoring_partitions.set(len(partitions))
+
+    def cancel(self, partition: int) -> None:
+        """Revoked meanwhile: what is still read of it is ignored."""
+        self.partitions.discard(partition)
+
+    def step(self, budget: int) -> bool:
+        """Apply up to `budget` records; True once every partition is read to its end."""
+        apply = self._store.apply
+        read = 0
+        for p, offset, key, value in self._records:
+            if p in self.partitions:
+                apply(p, offset, key, value)
+            read += 1
+            if read == budget:
+                break
+        else:
+            self._finish(read)
+            return True
+        self.count += read
+        self._metrics.restore_records.inc(read)
+        return False
+
+    def _finish(self, read: int) -> None:
+        self.count += read
+        elapsed = time.monotonic() - self._started
+        self._metrics.restore_records.inc(read)
+        self._metrics.restore_seconds.observe(elapsed)
+        self._metrics.restoring_partitions.set(0)
+        index = self._store.index
+        log.info(
+            "restored partitions=%s records=%d seconds=%.3f records_per_s=%.0f keys=%s",
+            sorted(self.partitions),
+            self.count,
+            elapsed,
+            self.count / max(elapsed, 1e-9),
+            {p: len(index[p]) for p in sorted(self.partitions) if p in index},
+        )
