@@ -11,39 +11,25 @@ import contextlib
 import logging
 import time
 import uuid
-from typing import Protocol
 
-import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from worker.batching import Batcher, Round
-from worker.codec import CodecError, dead_letter_headers, decode_event, encode_prediction
+from worker.batching import Batcher
+from worker.codec import CodecError, dead_letter_headers, decode_event
 from worker.config import RunConfig
 from worker.errors import KafkaDeliveryError
 from worker.kafka.output import OutputProducer, position
 from worker.kafka.reader import TopicReader
 from worker.kafka.topics import ensure_worker_topics
 from worker.metrics import Metrics
+from worker.rounds import RoundRunner, StepModel
 from worker.state.cache import StateCache
 from worker.state.restore import Restore
 from worker.state.store import StateStore
 
 log = logging.getLogger(__name__)
 _RESTORE_SLICE = 20_000  # state records per loop iteration while restoring (about 0.2 s)
-
-
-class StepModel(Protocol):
-    """What the loop needs of the model: a batched, masked, state-carrying step."""
-
-    @property
-    def features(self) -> int: ...
-    @property
-    def state_sizes(self) -> list[int]: ...
-    @property
-    def state_dim(self) -> int: ...
-
-    def step(self, x: np.ndarray, mask: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class Worker:
@@ -94,12 +80,12 @@ class Worker:
         self._restoring: set[int] = set()
         self._next_offset: dict[int, int] = {}
         self._committed: dict[int, int] = {}
-        self._stream_time: dict[int, int] = {}  # partition -> newest event ts applied
+        self.rounds = RoundRunner(model, self.store, config.output_topic, fingerprint, metrics)
         self._next_expiry = 0.0
         self._commit_in_flight = False
         self._stopping = False
         self._joined = False
-        self._warm_up()
+        self.rounds.warm_up()
 
     def _new_producer(self) -> OutputProducer:
         """Idempotent; with exactly_once_v2 transactional, with a transaction open."""
@@ -113,11 +99,6 @@ class Worker:
             producer.init_transactions()
             producer.begin()
         return producer
-
-    def _warm_up(self) -> None:
-        """One step before joining the group: the first real round must not pay for it."""
-        features, width = self.model.features, self.model.state_dim
-        self.model.step(np.zeros((1, 1, features), np.float32), np.ones((1, 1), bool), np.zeros((1, width), np.float32))
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -223,7 +204,7 @@ class Worker:
             self.batcher.drop_partition(p)
             self.store.forget(p)
             self._next_offset.pop(p, None)
-            self._stream_time.pop(p, None)
+            self.rounds.stream_time.pop(p, None)
             self._seek_back.pop(p, None)
             if self._restore_job is not None:
                 self._restore_job.cancel(p)
@@ -285,80 +266,9 @@ class Worker:
     # -- rounds ---------------------------------------------------------------------
 
     def _run_round(self) -> None:
-        cache = self.store.cache
-        if cache.room() < self.batcher.max_keys:
+        if self.store.cache.room() < self.batcher.max_keys:
             self._write_states()
-        rnd = self.batcher.take()
-        rows = self.store.resolve(rnd.ids)
-        kept, rows = self._drop_applied(rnd, rows)
-        if not kept.ids:
-            return
-        x, mask, lengths = kept.pack(self.model.features)
-        state = cache.states[rows]
-        for b, events in enumerate(kept.events):
-            if events[0].reset:
-                state[b] = 0.0
-                cache.step[rows[b]] = 0
-        started = time.perf_counter()
-        y, new_state = self.model.step(x, mask, state)
-        self.metrics.step_seconds.observe(time.perf_counter() - started)
-        cache.states[rows] = new_state
-        self._publish(kept, rows, y)
-        self.metrics.round_keys.observe(len(kept.ids))
-        self.metrics.round_steps.observe(int(lengths.max()))
-
-    def _drop_applied(self, rnd: Round, rows: np.ndarray) -> tuple[Round, np.ndarray]:
-        """Events at or below a key's `src` are in its state already: never apply them twice."""
-        src = self.store.cache.src
-        stale = [i for i, events in enumerate(rnd.events) if events[0].offset <= src[rows[i]]]
-        if not stale:
-            return rnd, rows
-        skipped = 0
-        for i in stale:
-            applied = int(src[rows[i]])
-            fresh = [e for e in rnd.events[i] if e.offset > applied]
-            skipped += len(rnd.events[i]) - len(fresh)
-            rnd.events[i] = fresh
-        self.metrics.events.labels("skipped").inc(skipped)
-        keep = [i for i, events in enumerate(rnd.events) if events]
-        return Round([rnd.ids[i] for i in keep], [rnd.events[i] for i in keep]), rows[keep]
-
-    def _publish(self, rnd: Round, rows: np.ndarray, y: np.ndarray) -> None:
-        cache, produce, topic = self.store.cache, self.producer.produce, self.config.output_topic
-        now_ms = time.time() * 1000.0
-        latency = self.metrics.latency
-        count = 0
-        for b, (eid, events) in enumerate(zip(rnd.ids, rnd.events, strict=True)):
-            row = int(rows[b])
-            step = int(cache.step[row])
-            partition, key = eid
-            for t, ev in enumerate(events):
-                step += 1
-                produce(
-                    topic,
-                    key,
-                    encode_prediction(
-                        y[b, t].tolist(),
-                        ts=ev.ts,
-                        partition=partition,
-                        offset=ev.offset,
-                        step=step,
-                        model=self.fingerprint,
-                    ),
-                    partition,
-                )
-                latency.observe(max(0.0, now_ms - ev.ts) / 1000.0)
-            count += len(events)
-            last = events[-1]
-            cache.step[row], cache.src[row], cache.ts[row] = step, last.offset, last.ts
-            if last.ts > self._stream_time.get(partition, -1):
-                self._stream_time[partition] = last.ts
-            if last.end:
-                self.store.end(eid, row, last.offset)
-            else:
-                self.store.continued(eid)
-        self.metrics.predictions.inc(count)
-        self.metrics.events.labels("predicted").inc(count)
+        self.rounds.run(self.batcher.take(), self.producer)
 
     # -- commit points --------------------------------------------------------------
 
@@ -392,7 +302,7 @@ class Worker:
             self.producer,
             self.config.state_topic,
             int(ttl_s * 1000),
-            self._stream_time,
+            self.rounds.stream_time,
             self._committed,
             self.batcher.has,
         )

@@ -1,0 +1,112 @@
+"""One round: the keys' states in, one batched model step, a prediction per event out.
+
+Imports nothing of Kafka but the producer it is handed; the model is anything with a
+batched, masked, state-carrying `step`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import numpy as np
+
+from worker.batching import Round
+from worker.codec import encode_prediction
+from worker.kafka.output import OutputProducer
+from worker.metrics import Metrics
+from worker.state.store import StateStore
+
+
+class StepModel(Protocol):
+    """What a round needs of the model (worker.model.StreamingTwin is one)."""
+
+    @property
+    def features(self) -> int: ...
+    @property
+    def state_sizes(self) -> list[int]: ...
+    @property
+    def state_dim(self) -> int: ...
+
+    def step(self, x: np.ndarray, mask: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class RoundRunner:
+    def __init__(
+        self, model: StepModel, store: StateStore, output_topic: str, fingerprint: str, metrics: Metrics
+    ) -> None:
+        self.model = model
+        self.store = store
+        self.output_topic = output_topic
+        self.fingerprint = fingerprint
+        self.metrics = metrics
+        self.stream_time: dict[int, int] = {}  # partition -> newest event ts applied
+
+    def warm_up(self) -> None:
+        """One step before joining the group: the first real round must not pay for it."""
+        features, width = self.model.features, self.model.state_dim
+        self.model.step(np.zeros((1, 1, features), np.float32), np.ones((1, 1), bool), np.zeros((1, width), np.float32))
+
+    def run(self, rnd: Round, producer: OutputProducer) -> None:
+        cache = self.store.cache
+        rows = self.store.resolve(rnd.ids)
+        kept, rows = self._drop_applied(rnd, rows)
+        if not kept.ids:
+            return
+        x, mask, lengths = kept.pack(self.model.features)
+        state = cache.states[rows]
+        for b, events in enumerate(kept.events):
+            if events[0].reset:
+                state[b] = 0.0
+                cache.step[rows[b]] = 0
+        started = time.perf_counter()
+        y, new_state = self.model.step(x, mask, state)
+        self.metrics.step_seconds.observe(time.perf_counter() - started)
+        cache.states[rows] = new_state
+        self._publish(kept, rows, y, producer)
+        self.metrics.round_keys.observe(len(kept.ids))
+        self.metrics.round_steps.observe(int(lengths.max()))
+
+    def _drop_applied(self, rnd: Round, rows: np.ndarray) -> tuple[Round, np.ndarray]:
+        """Events at or below a key's `src` are in its state already: never apply them twice."""
+        src = self.store.cache.src
+        stale = [i for i, events in enumerate(rnd.events) if events[0].offset <= src[rows[i]]]
+        if not stale:
+            return rnd, rows
+        skipped = 0
+        for i in stale:
+            applied = int(src[rows[i]])
+            fresh = [e for e in rnd.events[i] if e.offset > applied]
+            skipped += len(rnd.events[i]) - len(fresh)
+            rnd.events[i] = fresh
+        self.metrics.events.labels("skipped").inc(skipped)
+        keep = [i for i, events in enumerate(rnd.events) if events]
+        return Round([rnd.ids[i] for i in keep], [rnd.events[i] for i in keep]), rows[keep]
+
+    def _publish(self, rnd: Round, rows: np.ndarray, y: np.ndarray, producer: OutputProducer) -> None:
+        cache, produce, topic = self.store.cache, producer.produce, self.output_topic
+        now_ms = time.time() * 1000.0
+        latency = self.metrics.latency
+        count = 0
+        for b, (eid, events) in enumerate(zip(rnd.ids, rnd.events, strict=True)):
+            row = int(rows[b])
+            step = int(cache.step[row])
+            partition, key = eid
+            for t, ev in enumerate(events):
+                step += 1
+                value = encode_prediction(
+                    y[b, t].tolist(), ts=ev.ts, partition=partition, offset=ev.offset, step=step, model=self.fingerprint
+                )
+                produce(topic, key, value, partition)
+                latency.observe(max(0.0, now_ms - ev.ts) / 1000.0)
+            count += len(events)
+            last = events[-1]
+            cache.step[row], cache.src[row], cache.ts[row] = step, last.offset, last.ts
+            if last.ts > self.stream_time.get(partition, -1):
+                self.stream_time[partition] = last.ts
+            if last.end:
+                self.store.end(eid, row, last.offset)
+            else:
+                self.store.continued(eid)
+        self.metrics.predictions.inc(count)
+        self.metrics.events.labels("predicted").inc(count)
