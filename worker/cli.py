@@ -19,8 +19,6 @@ from typing import Any
 from worker.config import ENV_PREFIX, KafkaConfig, RunConfig, parse_kafka_overrides
 from worker.errors import WorkerError
 
-log = logging.getLogger("worker")
-
 
 def _env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_")
@@ -277,7 +275,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except WorkerError as exc:
-        log.error("%s", exc)
         print(f"lstm-worker {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -7,6 +7,7 @@ Every option comes from a CLI flag or an `LSTM_WORKER_<OPTION>` environment vari
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 from worker.errors import ConfigError
 
 ENV_PREFIX = "LSTM_WORKER_"
+_LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
 KAFKA_ENV_PREFIX = ENV_PREFIX + "KAFKA_"
 
 # librdkafka settings the worker owns: overriding them would break the commit protocol.
@@ -62,7 +64,8 @@ class KafkaConfig:
     overrides: tuple[tuple[str, str], ...] = ()
 
     def common(self) -> dict[str, Any]:
-        settings: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}
+        # librdkafka's own log lines go through Python logging, formatted and filtered like ours
+        settings: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers, "logger": _LIBRDKAFKA_LOG}
         settings.update(self.overrides)
         return settings
 

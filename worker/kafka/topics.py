@@ -16,7 +16,13 @@ _TIMEOUT_S = 30.0
 
 def partition_count(admin: AdminClient, topic: str) -> int | None:
     """Partitions of a topic, None when it does not exist."""
-    metadata = admin.list_topics(topic=topic, timeout=_TIMEOUT_S)
+    try:
+        metadata = admin.list_topics(topic=topic, timeout=_TIMEOUT_S)
+    except KafkaException as exc:
+        raise TopicError(
+            f"cannot reach Kafka to describe topic {topic!r} within {_TIMEOUT_S:.0f} s: {exc.args[0].str()}; "
+            "check --bootstrap-servers and the -X security settings"
+        ) from exc
     info = metadata.topics.get(topic)
     if info is None or (info.error is not None and info.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
         return None
