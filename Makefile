@@ -5,8 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 KAFKA_PORT ?= 9092
 export KAFKA_PORT
+# apt-get needs root: CI runs as root, a developer's machine may need sudo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help venv broker broker-stop lint test unit integration demo clean
+.PHONY: help venv tools broker broker-stop lint test unit integration demo rules clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -14,10 +16,16 @@ help: ## list the targets
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,demo]'
 	@touch $@
 
-venv: $(VENV)/.installed ## create .venv with the worker and its dev tools
+venv: $(VENV)/.installed ## create .venv with the worker, its dev tools and the demo's plotting
+
+tools: ## install what the deployment checks run besides Python: promtool and prometheus (Debian's package)
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@promtool --version 2>&1 | head -1
 
 broker: ## start the local Kafka (KRaft, loopback) in the background; prints its address
 	@deploy/kafka/start.sh
@@ -30,18 +38,26 @@ lint: venv ## ruff (lint + format check) and mypy
 	$(BIN)/ruff format --check worker tests
 	$(BIN)/mypy
 
-unit: venv ## unit tests only (no broker)
+unit: venv tools ## unit tests only (no broker; includes the deployment checks)
 	$(BIN)/pytest tests/unit -q
 
-integration: venv ## integration tests (start their own broker unless KAFKA_BOOTSTRAP_SERVERS is set)
+integration: venv tools ## integration tests (start their own broker unless KAFKA_BOOTSTRAP_SERVERS is set)
 	$(BIN)/pytest tests/integration -q
 
-test: venv lint ## everything CI runs: lint, unit and integration tests against a real broker
+test: venv tools lint ## everything CI runs: lint, unit and integration tests against a real broker
 	deploy/kafka/fetch.sh >/dev/null
 	$(BIN)/pytest tests -q
 
-demo: venv ## broker, model, 100k events, two workers, verification; stops what it started
+demo: venv ## broker, model, two workers, 50k events with a live progress line, verification, PNG plot
 	deploy/demo.sh
+
+rules: ## regenerate deploy/kubernetes/prometheusrule.yaml from deploy/prometheus/alerts.yml
+	@{ printf '%s\n' "# Generated from deploy/prometheus/alerts.yml by \`make rules\`: edit that file, then run it." \
+	    "# The Prometheus Operator loads PrometheusRules that match its ruleSelector (kube-prometheus-stack:" \
+	    "# the label release=<its release name>); add that label here if yours needs it." \
+	    "apiVersion: monitoring.coreos.com/v1" "kind: PrometheusRule" "metadata:" "  name: lstm-worker" "  labels:" \
+	    "    app.kubernetes.io/name: lstm-worker" "spec:"; \
+	  grep -v '^#' deploy/prometheus/alerts.yml | sed 's/^\(.\)/  \1/'; } > deploy/kubernetes/prometheusrule.yaml
 
 clean: ## remove the virtual env and local broker data
 	rm -rf $(VENV) .cache

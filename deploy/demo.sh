@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make demo`: local broker, reference model, two workers in one group, events, verification.
+# `make demo`: local broker, reference model, two workers in one group, events with a live status
+# line, verification of every prediction, and a PNG plot of streaming vs full-history predictions.
 # Env: DEMO_KEYS (500), DEMO_EVENTS (100 per key), DEMO_RATE (events/s, 5000), DEMO_PARTITIONS (4),
 #      KAFKA_PORT (9092). Stops what it started (the broker only if it was not already running).
 set -euo pipefail
@@ -60,21 +61,51 @@ for _ in $(seq 1 240); do  # both ready, each with partitions, all partitions as
 done
 echo "== two workers running in group demo-$run; metrics: http://127.0.0.1:9100/metrics http://127.0.0.1:9101/metrics"
 
-$bin produce --bootstrap-servers "$bootstrap" --topic "$input" --keys "$keys" --events-per-key "$events" \
-  --rate "$rate" 2>/dev/null | sed 's/^/== /'
 total=$((keys * events))
-for _ in $(seq 1 600); do  # until the group has predicted every event (or 5 minutes)
-  done_count=0
-  for i in 0 1; do
-    n=$(curl -s "http://127.0.0.1:910$i/metrics" | awk '/^lstm_worker_predictions_total / {print int($2)}')
-    done_count=$((done_count + ${n:-0}))
-  done
-  ((done_count >= total)) && break
+$bin produce --bootstrap-servers "$bootstrap" --topic "$input" --keys "$keys" --events-per-key "$events" \
+  --rate "$rate" >"$work/produce.log" 2>&1 &
+producer=$!
+pids+=("$producer")
+
+# One status line until the group has predicted every event (or 5 minutes without completing):
+# redrawn in place on a terminal, one line every 5 s otherwise (CI logs).
+scrape() {  # prints "predicted lag" summed over both workers
+  for i in 0 1; do curl -s "http://127.0.0.1:910$i/metrics"; done | awk '
+    /^lstm_worker_predictions_total / {p += $2} /^lstm_worker_consumer_lag\{/ {l += $2}
+    END {printf "%d %d\n", p, l}'
+}
+status() {  # predicted lag elapsed_s
+  local width=30 filled=$(($1 * 30 / total)) rate=$(($1 / ($3 > 0 ? $3 : 1)))
+  local bar
+  bar="$(printf '%*s' "$filled" '' | tr ' ' '#')$(printf '%*s' $((width - filled)) '' | tr ' ' '.')"
+  printf '== [%s] %3d%%  predicted %d/%d  %d events/s  lag %d  %ds' "$bar" $(($1 * 100 / total)) "$1" "$total" \
+    "$rate" "$2" "$3"
+}
+started=$SECONDS last_line=-5 predicted=0
+while :; do
+  read -r predicted lag < <(scrape)
+  elapsed=$((SECONDS - started))
+  if [[ -t 1 ]]; then
+    printf '\r%s\033[K' "$(status "$predicted" "$lag" "$elapsed")"
+  elif ((elapsed - last_line >= 5)); then
+    status "$predicted" "$lag" "$elapsed" && echo && last_line=$elapsed
+  fi
+  ((predicted >= total)) && ! kill -0 "$producer" 2>/dev/null && break
+  if ((elapsed > 300)); then
+    echo && echo "== gave up after 300 s: predicted $predicted of $total" && break
+  fi
   sleep 0.5
 done
+final="$(status "$predicted" "$lag" $((SECONDS - started)))"
+if [[ -t 1 ]]; then printf '\r%s\033[K\n' "$final"; else echo "$final"; fi
+wait "$producer" || { echo "producer failed:"; cat "$work/produce.log"; exit 1; }
+grep -v -e '^WARNING' -e '^I0000' -e '^E0000' "$work/produce.log" | sed 's/^/== /'
+
+plot="$work/predictions.png"
 echo "== verifying every prediction against the model on the full history (one call per prefix length)..."
 $bin verify --bootstrap-servers "$bootstrap" --model "$work/model.keras" --input-topic "$input" \
-  --output-topic "$output" 2>/dev/null
+  --output-topic "$output" --plot "$plot" 2>/dev/null
+echo "== plot: $plot (4 keys: streaming predictions over the full-history ones)"
 for i in 0 1; do
   printf '== worker %s: ' "$i"
   curl -s "http://127.0.0.1:910$i/metrics" | awk '

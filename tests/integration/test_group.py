@@ -73,30 +73,46 @@ def test_sigkill_of_a_member_loses_no_step_and_applies_none_twice(kafka, topics,
 
 
 def test_scale_up_then_down_mid_stream(kafka, topics, model_file, start_worker):
+    """The stream comes in three thirds: to one member, to three, and to one again."""
     model = model_file("lstm", (32, 16))
     create_topic(AdminClient(kafka.admin()), topics.input, PARTITIONS)
     first = start_worker(model, topics)
     first.wait_ready()
-    producer = start_producing(kafka, topics.input, rate=RATE / 2)  # long enough for members to come and go
+
+    def third(seed: int) -> None:
+        produce_synthetic(
+            kafka,
+            topic=topics.input,
+            keys=KEYS,
+            events_per_key=EVENTS // 3,
+            features=4,
+            rate=0,
+            seed=seed,
+            partitions=PARTITIONS,
+        )
+
+    third(31)
     added = [start_worker(model, topics) for _ in range(2)]
     for w in added:
         w.wait_ready()
     wait_until(
         lambda: all(metric(w.get("/metrics")[1], "lstm_worker_assigned_partitions") for w in added),
-        60,
+        90,
         "the new members to take partitions",
     )
-    wait_until(lambda: predicted([first, *added]) >= KEYS * EVENTS / 2, 60, "half of the predictions")
+    third(32)
+    wait_until(lambda: predicted([first, *added]) >= 2 * KEYS * (EVENTS // 3), 60, "two thirds predicted")
     for w in added:
         assert w.stop() == 0, w.log()
-    assert producer.is_alive(), "the members must leave mid-stream"
     wait_until(
         lambda: metric(first.get("/metrics")[1], "lstm_worker_assigned_partitions") == PARTITIONS,
         60,
         "the partitions to come back",
     )
-    producer.join(60)
-    check_drained(kafka, topics, model)
+    third(33)
+    report = verify(kafka, model_path=str(model), input_topic=topics.input, output_topic=topics.output, timeout_s=60)
+    assert report.events == 3 * KEYS * (EVENTS // 3)
+    assert report.missing == 0 and report.wrong == 0 and report.unexpected == 0, report.summary()
     restored = metric(first.get("/metrics")[1], "lstm_worker_restore_records_total")
     assert restored > 0, "the partitions that came back were restored from the state topic"
     assert first.stop() == 0, first.log()

@@ -1,6 +1,6 @@
 """A real Prometheus (Debian's package, loopback) scrapes a running worker: the count it reports
 equals what the worker processed, and the repository's alert rules evaluate on real series. The
-Grafana dashboard's metric names and the Kubernetes probes are checked against the live worker."""
+Grafana dashboard's metric names and the Kubernetes probes are checked against the same worker."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.conftest import free_port
+from tests.integration.conftest import Topics, WorkerProcess, free_port
 from tests.integration.kafka_io import metric, produce
 from tests.unit.deploy_support import (
     K8S,
@@ -28,6 +29,7 @@ from tests.unit.deploy_support import (
     load_yaml_docs,
     promql_metric_names,
 )
+from worker.config import KafkaConfig
 from worker.synthetic import produce_synthetic
 
 pytestmark = pytest.mark.integration
@@ -112,26 +114,34 @@ def prometheus_for(tmp_path: Path) -> Iterator:
         server.stop()
 
 
-def worker_with_events(kafka, topics, model_file, start_worker):
-    """A ready worker that has predicted KEYS x EVENTS events and dead-lettered BAD records."""
+@pytest.fixture(scope="module")
+def live_worker(broker: str, model_file, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    """One ready worker for the module, having predicted KEYS x EVENTS events and dead-lettered BAD
+    records (fresh topics and group, like the `topics` and `start_worker` fixtures give)."""
+    kafka, run = KafkaConfig(broker), uuid.uuid4().hex[:10]
+    topics = Topics(f"events-{run}", f"predictions-{run}")
     produce_synthetic(
         kafka, topic=topics.input, keys=KEYS, events_per_key=EVENTS, features=4, rate=0, seed=5, partitions=2
     )
     produce(kafka, topics.input, [(b"bad-%d" % i, b"\xc1 not msgpack") for i in range(BAD)])
-    worker = start_worker(model_file("lstm", (32, 16)), topics)
-    worker.wait_ready()
-    deadline = time.monotonic() + 60
-    while metric(text := worker.get("/metrics")[1], "lstm_worker_events_total", result="predicted") < KEYS * EVENTS:
-        assert time.monotonic() < deadline, worker.log()
-        time.sleep(0.2)
-    assert metric(text, "lstm_worker_events_total", result="dead_letter") == BAD
-    return worker
+    worker = WorkerProcess(broker, model_file("lstm", (32, 16)), topics, tmp_path_factory.mktemp("worker") / "log")
+    try:
+        worker.wait_ready()
+        deadline = time.monotonic() + 60
+        while metric(text := worker.get("/metrics")[1], "lstm_worker_events_total", result="predicted") < KEYS * EVENTS:
+            assert time.monotonic() < deadline, worker.log()
+            time.sleep(0.2)
+        assert metric(text, "lstm_worker_events_total", result="dead_letter") == BAD
+        yield worker
+        assert worker.stop() == 0, worker.log()
+    finally:
+        if worker.proc.poll() is None:
+            worker.proc.kill()
+            worker.proc.wait()
 
 
-def test_prometheus_scrapes_the_worker_and_counts_what_it_processed(
-    kafka, topics, model_file, start_worker, prometheus_for
-):
-    worker = worker_with_events(kafka, topics, model_file, start_worker)
+def test_prometheus_scrapes_the_worker_and_counts_what_it_processed(live_worker, prometheus_for):
+    worker = live_worker
     prometheus = prometheus_for(f"127.0.0.1:{worker.metrics_port}")
     prometheus.wait("the worker's target up", lambda: prometheus.value('up{job="lstm-worker"}') == 1)
 
@@ -153,11 +163,10 @@ def test_prometheus_scrapes_the_worker_and_counts_what_it_processed(
     rules = prometheus.wait("the alert rules evaluated", evaluated)
     assert [(r["name"], r["health"], r.get("lastError", "")) for r in rules if r["health"] != "ok"] == []
     assert [r["name"] for r in rules if r["state"] != "inactive"] == []
-    assert worker.stop() == 0
 
 
-def test_dashboard_and_probes_match_the_live_worker(kafka, topics, model_file, start_worker):
-    worker = worker_with_events(kafka, topics, model_file, start_worker)
+def test_dashboard_and_probes_match_the_live_worker(live_worker):
+    worker = live_worker
     exported = exported_metric_names(worker.get("/metrics")[1])
     for expr in dashboard_exprs():
         names = promql_metric_names(expr)
@@ -168,4 +177,3 @@ def test_dashboard_and_probes_match_the_live_worker(kafka, topics, model_file, s
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         status, _ = worker.get(container[probe]["httpGet"]["path"])
         assert status == 200, probe
-    assert worker.stop() == 0
