@@ -139,6 +139,18 @@ class WorkerProcess:
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
 
+    def wait_http(self, deadline: float) -> bool:
+        """Until the endpoint answers (True), or the deadline passes (False)."""
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"worker exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                self.get("/healthz")
+                return True
+            except OSError:
+                time.sleep(0.2)
+        return False
+
     def wait_ready(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
