@@ -8,7 +8,7 @@ export KAFKA_PORT
 # apt-get needs root: CI runs as root, a developer's machine may need sudo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help venv tools broker broker-stop lint test unit integration demo rules clean
+.PHONY: help venv tools broker broker-stop lint test unit integration demo bench rules clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ test: venv tools lint ## everything CI runs: lint, unit and integration tests ag
 
 demo: venv ## broker, model, two workers, 50k events with a live progress line, verification, PNG plot
 	deploy/demo.sh
+
+bench: venv ## benchmark the step kernel and the source's four approaches into BENCHMARKS.md
+	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -W ignore -m worker bench --out BENCHMARKS.md
 
 rules: ## regenerate deploy/kubernetes/prometheusrule.yaml from deploy/prometheus/alerts.yml
 	@{ printf '%s\n' "# Generated from deploy/prometheus/alerts.yml by \`make rules\`: edit that file, then run it." \

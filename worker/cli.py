@@ -162,10 +162,17 @@ def _add_verify(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
 
+def _add_bench(sub: Any) -> None:
+    p = sub.add_parser("bench", help="benchmark the step kernel and the source's four approaches")
+    _option(p, "--out", default="BENCHMARKS.md", help="markdown file to write")
+    _option(p, "--events", int, 200, help="events (context length) of the per-event baselines")
+    _option(p, "--min-seconds", float, 1.0, help="time each kernel round size at least this long")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lstm-worker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_run, _add_make_model, _add_produce, _add_verify):
+    for add in (_add_run, _add_make_model, _add_produce, _add_verify, _add_bench):
         add(sub)
     return parser
 
@@ -258,11 +265,20 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from worker.bench import write_benchmarks
+
+    write_benchmarks(args.out, min_seconds=args.min_seconds, events=args.events)
+    print(f"benchmarks written: {args.out}")
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_run,
     "make-model": _cmd_make_model,
     "produce": _cmd_produce,
     "verify": _cmd_verify,
+    "bench": _cmd_bench,
 }
 
 

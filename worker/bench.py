@@ -1,0 +1,257 @@
+"""`lstm-worker bench`: the step kernel alone, and the source blog's four approaches, in one process.
+
+Measured so far (the benchmark issue lists the rest: end-to-end drain through Kafka, latency
+under load, restore and memory, scaling): the streaming twin's batched step per backend and
+round size, which is the ceiling of the worker, and the blog's baselines on the same model: the
+full history `predict` per event, a stateful model, and explicit state in a functional and a
+subclassed model, each `predict` once per event. Every approach is checked against the
+full-history outputs (1e-5) before its time counts.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from worker.model.reference import make_reference_model
+from worker.model.twin import StreamingTwin
+
+FEATURES, UNITS = 4, (100, 200)
+ROUND_SIZES = (1, 4, 16, 64, 256, 1024, 4096)
+
+
+def flops_per_event(units: tuple[int, ...] = UNITS, features: int = FEATURES) -> int:
+    """Multiply-adds x 2 of one step: 4 gates of each LSTM layer, then the Dense head."""
+    total, width = 0, features
+    for u in units:
+        total += 2 * 4 * u * (width + u)
+        width = u
+    return total + 2 * width
+
+
+@dataclass(frozen=True)
+class Timing:
+    name: str
+    events: int
+    seconds: float
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds
+
+
+def _timed(fn: Callable[[], object], min_seconds: float) -> float:
+    """Seconds per call, repeated until `min_seconds` have passed (after a warm-up call)."""
+    fn()
+    calls, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < min_seconds or calls < 3:
+        fn()
+        calls += 1
+    return elapsed / calls
+
+
+def kernel_sweep(
+    model: keras.Model,
+    backends: tuple[str, ...] = ("tf", "xla"),
+    sizes: tuple[int, ...] = ROUND_SIZES,
+    min_seconds: float = 1.0,
+) -> list[tuple[str, int, float]]:
+    """(backend, keys per round, seconds per round) of one step of every key."""
+    rows = []
+    for backend in backends:
+        twin = StreamingTwin.from_model(model, backend=backend)
+        for size in sizes:
+            x = np.random.default_rng(size).standard_normal((size, 1, FEATURES)).astype(np.float32)
+            mask = np.ones((size, 1), bool)
+            state = np.zeros((size, twin.state_dim), np.float32)
+            rows.append((backend, size, _timed(lambda: twin.step(x, mask, state), min_seconds)))  # noqa: B023
+    return rows
+
+
+def _explicit_state_model(reference: keras.Model) -> keras.Model:
+    """The blog's functional model: states in, states out, weights of the reference."""
+    units = [layer.units for layer in reference.layers if isinstance(layer, keras.layers.LSTM)]
+    inputs = {"input": keras.Input((None, FEATURES), name="input")}
+    outputs: dict[str, object] = {}
+    h = inputs["input"]
+    layers = []
+    for i, u in enumerate(units):
+        inputs[f"h{i}"], inputs[f"c{i}"] = keras.Input((u,), name=f"h{i}"), keras.Input((u,), name=f"c{i}")
+        layer = keras.layers.LSTM(u, return_sequences=i < len(units) - 1, return_state=True)
+        h, outputs[f"h{i}"], outputs[f"c{i}"] = layer(h, initial_state=[inputs[f"h{i}"], inputs[f"c{i}"]])
+        layers.append(layer)
+    dense = keras.layers.Dense(1, activation="sigmoid")
+    outputs["output"] = dense(h)
+    model = keras.Model(inputs=inputs, outputs=outputs)
+    originals = [layer for layer in reference.layers if isinstance(layer, keras.layers.LSTM)]
+    for mine, theirs in zip(layers, originals, strict=True):
+        mine.set_weights(theirs.get_weights())
+    dense.set_weights(reference.layers[-1].get_weights())
+    return model
+
+
+def _stateful_model(reference: keras.Model, units: list[int]) -> keras.Model:
+    """The blog's stateful model: the reference's layers with `stateful=True`, batch of one."""
+    inputs = keras.Input((None, FEATURES), batch_size=1)
+    h = inputs
+    for i, u in enumerate(units):
+        h = keras.layers.LSTM(u, return_sequences=i < len(units) - 1, stateful=True)(h)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(h))
+    model.set_weights(reference.get_weights())
+    return model
+
+
+class SubclassedStepModel(keras.Model):
+    """The blog's subclassed model: the same layers called with explicit states."""
+
+    def __init__(self, units: list[int]) -> None:
+        super().__init__(name="subclassed")
+        self.lstms = [
+            keras.layers.LSTM(u, return_sequences=i < len(units) - 1, return_state=True) for i, u in enumerate(units)
+        ]
+        self.head = keras.layers.Dense(1, activation="sigmoid")
+
+    def call(self, inputs: dict[str, object]) -> dict[str, object]:
+        h, out = inputs["input"], {}
+        for i, layer in enumerate(self.lstms):
+            h, out[f"h{i}"], out[f"c{i}"] = layer(h, initial_state=[inputs[f"h{i}"], inputs[f"c{i}"]])
+        out["output"] = self.head(h)
+        return out
+
+
+def _stepwise(
+    predict: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], xs: np.ndarray, units: list[int]
+) -> np.ndarray:
+    state = {f"{k}{i}": np.zeros((1, u), np.float32) for i, u in enumerate(units) for k in "hc"}
+    out = []
+    for t in range(xs.shape[1]):
+        result = predict({"input": xs[:, t : t + 1], **state})
+        state = {k: np.asarray(v) for k, v in result.items() if k != "output"}
+        out.append(float(np.asarray(result["output"])[0, 0]))
+    return np.array(out)
+
+
+def baselines(model: keras.Model, events: int = 200) -> list[Timing]:
+    """The source's four approaches and a per-event compiled step, on one key's `events` events."""
+    xs = np.random.default_rng(1).standard_normal((1, events, FEATURES)).astype(np.float32)
+    units = [layer.units for layer in model.layers if isinstance(layer, keras.layers.LSTM)]
+    expected = np.array([float(model(xs[:, : i + 1])[0, 0]) for i in range(events)])
+    timings = []
+
+    def run(name: str, approach: Callable[[], np.ndarray]) -> None:
+        started = time.perf_counter()
+        got = approach()
+        seconds = time.perf_counter() - started
+        diff = float(np.max(np.abs(got - expected)))
+        if diff > 1e-5:
+            raise AssertionError(f"{name} differs from the full history by {diff}")
+        timings.append(Timing(name, events, seconds))
+
+    run(
+        "full history, predict per event (the blog's classic)",
+        lambda: np.array([float(model.predict(xs[:, : i + 1], verbose=0)[0, 0]) for i in range(events)]),
+    )
+    stateful = _stateful_model(model, units)
+    run(
+        "stateful layers, predict per event",
+        lambda: np.array([float(stateful.predict(xs[:, i : i + 1], verbose=0)[0, 0]) for i in range(events)]),
+    )
+    functional = _explicit_state_model(model)
+    run(
+        "explicit state, functional model, predict per event",
+        lambda: _stepwise(lambda inputs: functional.predict(inputs, verbose=0), xs, units),
+    )
+    subclassed = SubclassedStepModel(units)
+    subclassed(
+        dict(
+            {"input": xs[:, :1]}, **{f"{k}{i}": np.zeros((1, u), np.float32) for i, u in enumerate(units) for k in "hc"}
+        )
+    )
+    for mine, theirs in zip(
+        subclassed.lstms, [la for la in model.layers if isinstance(la, keras.layers.LSTM)], strict=True
+    ):
+        mine.set_weights(theirs.get_weights())
+    subclassed.head.set_weights(model.layers[-1].get_weights())
+    run(
+        "explicit state, subclassed model, predict per event",
+        lambda: _stepwise(lambda inputs: subclassed.predict(inputs, verbose=0), xs, units),
+    )
+    twin = StreamingTwin.from_model(model)
+    twin.step(xs[:, :1], np.ones((1, 1), bool), np.zeros((1, twin.state_dim), np.float32))  # traced before timing
+
+    def per_event_step() -> np.ndarray:
+        state, out = np.zeros((1, twin.state_dim), np.float32), []
+        for t in range(events):
+            y, state = twin.step(xs[:, t : t + 1], np.ones((1, 1), bool), state)
+            out.append(float(y[0, 0, 0]))
+        return np.array(out)
+
+    run("streaming twin, one compiled step per event (round size 1)", per_event_step)
+    return timings
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, TensorFlow {tf.__version__}"
+
+
+def report(min_seconds: float = 1.0, events: int = 200) -> str:
+    """Markdown: kernel table, baselines table, ratios measured in this run."""
+    model = make_reference_model(FEATURES, UNITS, seed=0)
+    flops = flops_per_event()
+    sweep = kernel_sweep(model, min_seconds=min_seconds)
+    base = baselines(model, events)
+    lines = [
+        f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d')}. Model: 4 -> LSTM 100 -> LSTM 200 -> "
+        f"Dense 1 ({flops:,} FLOPs per event).",
+        "",
+        "| backend | keys per round | µs per round | events/s | GFLOP/s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for backend, size, seconds in sweep:
+        lines.append(
+            f"| {backend} | {size} | {seconds * 1e6:,.0f} | {size / seconds:,.0f} | "
+            f"{size * flops / seconds / 1e9:.1f} |"
+        )
+    best = max(size / seconds for _, size, seconds in sweep)
+    lines += [
+        "",
+        f"One key's {events} events, each approach checked against the full history (1e-5):",
+        "",
+        "| approach | events/s | kernel's best round vs it |",
+        "|---|---:|---:|",
+    ]
+    for t in base:
+        lines.append(f"| {t.name} | {t.events_per_s:,.1f} | {best / t.events_per_s:,.0f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def write_benchmarks(path: str, min_seconds: float = 1.0, events: int = 200) -> None:
+    """BENCHMARKS.md: what was measured, how, on what, and the ratios of this one run."""
+    body = report(min_seconds=min_seconds, events=events)
+    with open(path, "w") as out:
+        out.write(
+            "# Benchmarks\n\n"
+            "Written by `make bench` (`lstm-worker bench --out BENCHMARKS.md`); every figure below is\n"
+            "from the one run that wrote this file, all approaches in one process on one machine.\n\n"
+            "## Step kernel and the source's approaches\n\n"
+            "The kernel rows time the streaming twin's batched step (one step of every key of a round)\n"
+            "per backend; events/s at a round size is the ceiling of a worker whose rounds are that\n"
+            "large. The approaches below run one key's events one at a time, as the source blog did.\n\n"
+            + body
+            + "\nNot measured yet (the benchmark issue): end-to-end drain through Kafka, latency under\n"
+            "load, restore rate and memory per key, and the two-worker scaling row; README's capacity\n"
+            "section has the figures measured so far by hand, with their commands.\n"
+        )
