@@ -48,7 +48,10 @@ class Worker:
             dlq_topic=config.dlq_topic,
         )
         kafka = config.kafka
-        reader_settings = kafka.consumer(config.group_id + ".state-reader", **{"fetch.wait.max.ms": 20})
+        # states of aborted transactions are never read (librdkafka's default, stated on purpose)
+        reader_settings = kafka.consumer(
+            config.group_id + ".state-reader", **{"fetch.wait.max.ms": 20, "isolation.level": "read_committed"}
+        )
         reader = TopicReader(reader_settings, config.state_topic)  # LRU misses
         self._restore_reader = TopicReader(reader_settings, config.state_topic)
         self._restore_job: Restore | None = None
