@@ -79,8 +79,8 @@ class KafkaConfig:
             "queue.buffering.max.kbytes": 1_048_576,
             "compression.type": "lz4",
         }
-        settings.update(self.common())
         settings.update(extra)
+        settings.update(self.common())  # -X wins over the worker's tuning; protocol keys are refused at parse
         return settings
 
     def consumer(self, group_id: str, **extra: Any) -> dict[str, Any]:
@@ -91,8 +91,8 @@ class KafkaConfig:
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
         }
-        settings.update(self.common())
         settings.update(extra)
+        settings.update(self.common())  # -X wins over the worker's tuning; protocol keys are refused at parse
         return settings
 
     def admin(self) -> dict[str, Any]:

@@ -135,6 +135,15 @@ def test_redact_of_a_real_producer_config_leaks_no_password():
     assert "hunter2" not in repr(redact(kafka.producer()))
 
 
+def test_x_settings_win_over_the_workers_tuning():
+    kafka = KafkaConfig("b:9092", (("session.timeout.ms", "45000"), ("message.timeout.ms", "60000")))
+    assert (
+        kafka.consumer("g", **{"session.timeout.ms": 10000, "fetch.wait.max.ms": 20})["session.timeout.ms"] == "45000"
+    )
+    assert kafka.consumer("g", **{"fetch.wait.max.ms": 20})["fetch.wait.max.ms"] == 20
+    assert kafka.producer(**{"message.timeout.ms": 0})["message.timeout.ms"] == "60000"
+
+
 # --- RunConfig ----------------------------------------------------------------------------
 
 
