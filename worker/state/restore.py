@@ -36,25 +36,22 @@ class Restore:
 
     def step(self, budget: int) -> bool:
         """Apply up to `budget` records; True once every partition is read to its end."""
-        apply = self._store.apply
-        read = 0
+        apply, read, done = self._store.apply, 0, True
         for p, offset, key, value in self._records:
             if p in self.partitions:
                 apply(p, offset, key, value)
             read += 1
             if read == budget:
+                done = False
                 break
-        else:
-            self._finish(read)
-            return True
         self.count += read
         self._metrics.restore_records.inc(read)
-        return False
+        if done:
+            self._finish()
+        return done
 
-    def _finish(self, read: int) -> None:
-        self.count += read
+    def _finish(self) -> None:
         elapsed = time.monotonic() - self._started
-        self._metrics.restore_records.inc(read)
         self._metrics.restore_seconds.observe(elapsed)
         self._metrics.restoring_partitions.set(0)
         index = self._store.index
