@@ -22,7 +22,7 @@ from worker.errors import KafkaDeliveryError
 from worker.kafka.output import OutputProducer, position
 from worker.kafka.reader import TopicReader
 from worker.kafka.topics import ensure_worker_topics
-from worker.metrics import Metrics
+from worker.metrics import Metrics, PhaseClock
 from worker.rounds import RoundRunner, StepModel
 from worker.state.cache import StateCache
 from worker.state.restore import Restore
@@ -83,7 +83,8 @@ class Worker:
         self._restoring: set[int] = set()
         self._next_offset: dict[int, int] = {}
         self._committed: dict[int, int] = {}
-        self.rounds = RoundRunner(model, self.store, config.output_topic, fingerprint, metrics)
+        self.clock = PhaseClock(metrics)
+        self.rounds = RoundRunner(model, self.store, config.output_topic, fingerprint, metrics, self.clock)
         self._next_expiry = 0.0
         self._commit_in_flight = False
         self._stopping = False
@@ -126,19 +127,25 @@ class Worker:
         )
         next_commit = time.monotonic() + cfg.commit_interval_ms / 1000.0
         try:
+            clock = self.clock
             while not self._stopping:
                 msgs = self._poll()
+                clock.lap("poll")
                 if self._restoring:
                     self._advance_restore()
+                    clock.lap("restore")
                 for msg in msgs:
                     self._accept(msg)
+                clock.lap("decode")
                 caught_up = len(msgs) < cfg.poll_batch
                 while self.batcher.ready(time.monotonic(), caught_up):
                     self._run_round()
                 self.producer.poll()
+                clock.lap("produce")
                 if time.monotonic() >= next_commit:
                     self._commit_point()
                     next_commit = time.monotonic() + cfg.commit_interval_ms / 1000.0
+                    clock.lap("commit")
             self._commit_point(wait=True)
         finally:
             self.consumer.close()
@@ -271,6 +278,7 @@ class Worker:
     def _run_round(self) -> None:
         if self.store.cache.room() < self.batcher.max_keys:
             self._write_states()
+            self.clock.lap("commit")
         self.rounds.run(self.batcher.take(), self.producer)
 
     # -- commit points --------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -16,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 log = logging.getLogger(__name__)
 
 _POWERS_OF_TWO = tuple(float(2**i) for i in range(0, 14))
+PHASES = ("poll", "decode", "state", "step", "produce", "commit", "restore")
 _SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -88,9 +90,29 @@ class Metrics:
         self.assigned_partitions = Gauge(
             p + "assigned_partitions", "Input partitions assigned to this worker", registry=r
         )
+        self.busy_seconds = Counter(
+            p + "busy_seconds",
+            "Seconds of the worker loop by phase (poll, decode, state, step, produce, commit, restore)",
+            ["phase"],
+            registry=r,
+        )
+        self.busy = {phase: self.busy_seconds.labels(phase) for phase in PHASES}
         self.ready = Gauge(
             p + "ready", "1 when /readyz answers 200 (joined the group, assigned partitions restored)", registry=r
         )
+
+
+class PhaseClock:
+    """Splits the loop's wall time into phases: each `lap` charges the time since the last one."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._busy = metrics.busy
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self._busy[phase].inc(now - self._last)
+        self._last = now
 
 
 class HealthServer:

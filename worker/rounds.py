@@ -14,7 +14,7 @@ import numpy as np
 from worker.batching import Round
 from worker.codec import encode_prediction
 from worker.kafka.output import OutputProducer
-from worker.metrics import Metrics
+from worker.metrics import Metrics, PhaseClock
 from worker.state.store import StateStore
 
 
@@ -33,13 +33,20 @@ class StepModel(Protocol):
 
 class RoundRunner:
     def __init__(
-        self, model: StepModel, store: StateStore, output_topic: str, fingerprint: str, metrics: Metrics
+        self,
+        model: StepModel,
+        store: StateStore,
+        output_topic: str,
+        fingerprint: str,
+        metrics: Metrics,
+        clock: PhaseClock,
     ) -> None:
         self.model = model
         self.store = store
         self.output_topic = output_topic
         self.fingerprint = fingerprint
         self.metrics = metrics
+        self.clock = clock
         self.stream_time: dict[int, int] = {}  # partition -> newest event ts applied
 
     def warm_up(self) -> None:
@@ -52,6 +59,7 @@ class RoundRunner:
         rows = self.store.resolve(rnd.ids)
         kept, rows = self._drop_applied(rnd, rows)
         if not kept.ids:
+            self.clock.lap("state")
             return
         x, mask, lengths = kept.pack(self.model.features)
         state = cache.states[rows]
@@ -59,11 +67,14 @@ class RoundRunner:
             if events[0].reset:
                 state[b] = 0.0
                 cache.step[rows[b]] = 0
+        self.clock.lap("state")
         started = time.perf_counter()
         y, new_state = self.model.step(x, mask, state)
         self.metrics.step_seconds.observe(time.perf_counter() - started)
+        self.clock.lap("step")
         cache.states[rows] = new_state
         self._publish(kept, rows, y, producer)
+        self.clock.lap("produce")
         self.metrics.round_keys.observe(len(kept.ids))
         self.metrics.round_steps.observe(int(lengths.max()))
 

@@ -1,0 +1,28 @@
+"""PhaseClock: every second of the loop is charged to exactly one phase."""
+
+from __future__ import annotations
+
+import time
+
+from worker.metrics import PHASES, Metrics, PhaseClock
+
+
+def _busy(metrics: Metrics, phase: str) -> float:
+    value = metrics.registry.get_sample_value("lstm_worker_busy_seconds_total", {"phase": phase})
+    assert value is not None
+    return value
+
+
+def test_laps_charge_the_time_since_the_previous_lap() -> None:
+    metrics = Metrics()
+    started = time.perf_counter()
+    clock = PhaseClock(metrics)
+    time.sleep(0.02)
+    clock.lap("poll")
+    time.sleep(0.01)
+    clock.lap("step")
+    clock.lap("step")
+    elapsed = time.perf_counter() - started
+    assert 0.02 <= _busy(metrics, "poll") < 0.02 + 0.05
+    assert 0.01 <= _busy(metrics, "step") < 0.01 + 0.05
+    assert sum(_busy(metrics, phase) for phase in PHASES) <= elapsed
