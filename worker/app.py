@@ -16,7 +16,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.admin import AdminClient
 
 from worker.batching import Batcher
-from worker.codec import CodecError, dead_letter_headers, decode_event
+from worker.codec import CodecError, EventDecoder, EventRecord, dead_letter_headers
 from worker.config import RunConfig
 from worker.errors import KafkaDeliveryError
 from worker.kafka.output import OutputProducer, position
@@ -78,6 +78,7 @@ class Worker:
                 },
             )
         )
+        self.decoder = EventDecoder(model.features, config.max_event_bytes)
         self.batcher = Batcher(config.round_keys, config.max_steps, config.max_delay_ms)
         self._assigned: set[int] = set()
         self._restoring: set[int] = set()
@@ -134,8 +135,7 @@ class Worker:
                 if self._restoring:
                     self._advance_restore()
                     clock.lap("restore")
-                for msg in msgs:
-                    self._accept(msg)
+                self._accept(msgs)
                 clock.lap("decode")
                 caught_up = len(msgs) < cfg.poll_batch
                 while self.batcher.ready(time.monotonic(), caught_up):
@@ -232,38 +232,38 @@ class Worker:
 
     # -- events ---------------------------------------------------------------------
 
-    def _accept(self, msg: Message) -> None:
-        error = msg.error()
-        if error is not None:
-            if error.code() != KafkaError._PARTITION_EOF:
-                if error.fatal():
-                    raise KafkaException(error)
-                log.warning("consumer error: %s", error)
-            return
-        p, offset = position(msg)
-        if p not in self._assigned:  # fetched before a revoke: the partition's new owner handles it
-            return
-        if p in self._restoring:  # fetched despite the pause: read again once restored
-            self._seek_back[p] = min(offset, self._seek_back.get(p, offset))
-            return
-        self._next_offset[p] = offset + 1
-        key = msg.key()
-        if key is None:
-            self._dead_letter(msg, "no_key", "a record without a key cannot have state")
-            return
-        try:
-            event = decode_event(
-                msg.value(),
-                features=self.model.features,
-                partition=p,
-                offset=offset,
-                record_ts=msg.timestamp()[1],
-                max_bytes=self.config.max_event_bytes,
-            )
-        except CodecError as exc:
-            self._dead_letter(msg, exc.reason, exc.detail)
-            return
-        self.batcher.add((p, key), event)
+    def _accept(self, msgs: list[Message]) -> None:
+        """Decode a poll's records together; bad ones go to the dead-letter topic."""
+        accepted: list[tuple[Message, bytes]] = []
+        records: list[EventRecord] = []
+        assigned, restoring, next_offset = self._assigned, self._restoring, self._next_offset
+        for msg in msgs:
+            error = msg.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    if error.fatal():
+                        raise KafkaException(error)
+                    log.warning("consumer error: %s", error)
+                continue
+            p, offset = position(msg)
+            if p not in assigned:  # fetched before a revoke: the partition's new owner handles it
+                continue
+            if p in restoring:  # fetched despite the pause: read again once restored
+                self._seek_back[p] = min(offset, self._seek_back.get(p, offset))
+                continue
+            next_offset[p] = offset + 1
+            key = msg.key()
+            if key is None:
+                self._dead_letter(msg, "no_key", "a record without a key cannot have state")
+                continue
+            accepted.append((msg, key))
+            records.append((msg.value(), p, offset, msg.timestamp()[1]))
+        add, now = self.batcher.add, time.monotonic()
+        for (msg, key), result in zip(accepted, self.decoder.decode_many(records), strict=True):
+            if isinstance(result, CodecError):
+                self._dead_letter(msg, result.reason, result.detail)
+            else:
+                add((result.partition, key), result, now)
 
     def _dead_letter(self, msg: Message, reason: str, detail: str) -> None:
         p, offset = position(msg)

@@ -11,11 +11,24 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 
 from worker.codec import Event
 from worker.state.cache import EntityId
+
+
+@dataclass(slots=True)
+class Packed:
+    """A round as model inputs, and where each of its events sits in them."""
+
+    x: np.ndarray  # [keys, steps, features], right-padded with zeros
+    mask: np.ndarray  # [keys, steps], True on each key's events
+    lengths: np.ndarray  # [keys] events per key
+    key_of: np.ndarray  # [events] the key (row of x) of each event, in round order
+    step_of: np.ndarray  # [events] its step (column of x)
+    events: list[Event]  # the round's events, key by key
 
 
 @dataclass(slots=True)
@@ -25,16 +38,39 @@ class Round:
     ids: list[EntityId]
     events: list[list[Event]]
 
-    def pack(self, features: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Right-padded inputs [keys, steps, features], the valid-step mask, and lengths."""
+    def pack(self, features: int) -> Packed:
+        """All events' inputs in one stacking call, placed at (key, step) in one scatter."""
         lengths = np.fromiter((len(e) for e in self.events), dtype=np.int64, count=len(self.events))
-        steps = int(lengths.max())
-        x = np.zeros((len(self.events), steps, features), dtype=np.float32)
-        for b, events in enumerate(self.events):
-            for t, event in enumerate(events):
-                x[b, t] = event.x
+        flat = [event for events in self.events for event in events]
+        xs = np.stack([event.x for event in flat]) if flat else np.zeros((0, features), np.float32)
+        key_of = np.repeat(np.arange(len(lengths)), lengths)
+        step_of = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        steps = int(lengths.max()) if len(lengths) else 0
+        if steps == 1:
+            x = xs.reshape(len(flat), 1, features)
+        else:
+            x = np.zeros((len(lengths), steps, features), dtype=np.float32)
+            x[key_of, step_of] = xs
         mask = np.arange(steps)[None, :] < lengths[:, None]
-        return x, mask, lengths
+        return Packed(x, mask, lengths, key_of, step_of, flat)
+
+
+# What a model call costs beyond its key-steps, in key-steps (from the kernel table of
+# BENCHMARKS.md: ~0.7 ms per call and ~0.2 ms per step of the time loop, ~10 us per key-step).
+CALL_COST, STEP_COST = 64.0, 16.0
+
+
+def round_steps(pending: list[int], max_steps: int) -> int:
+    """Steps per key of a round: padded steps cost as much as real ones, so take the count
+    that gets the most events per unit of model time, not always the longest queue."""
+    lengths = np.minimum(np.asarray(pending), max_steps)
+    longest = int(lengths.max())
+    if longest == 1:
+        return 1
+    candidates = np.arange(1, longest + 1)
+    events = np.minimum(lengths[None, :], candidates[:, None]).sum(axis=1)
+    cost = CALL_COST + candidates * (STEP_COST + len(lengths))
+    return int(candidates[np.argmax(events / cost)])
 
 
 class Batcher:
@@ -81,13 +117,9 @@ class Batcher:
         A key's leftover events count as arrived `now`: only under a backlog do keys have
         leftovers, and then rounds run full anyway.
         """
-        ids: list[EntityId] = []
-        events: list[list[Event]] = []
-        for eid, queue in self._queues.items():
-            if len(ids) == self.max_keys:
-                break
-            ids.append(eid)
-            events.append(self._slice(queue))
+        ids = list(islice(self._queues, self.max_keys))
+        steps = round_steps([len(self._queues[eid]) for eid in ids], self.max_steps)
+        events = [self._slice(self._queues[eid], steps) for eid in ids]
         now = time.monotonic() if now is None else now
         for eid in ids:  # a key with events left goes behind the others: no key starves the rest
             del self._arrival[eid]
@@ -98,9 +130,10 @@ class Batcher:
         self.pending_events -= sum(len(e) for e in events)
         return Round(ids, events)
 
-    def _slice(self, queue: deque[Event]) -> list[Event]:
+    @staticmethod
+    def _slice(queue: deque[Event], steps: int) -> list[Event]:
         taken = [queue.popleft()]
-        while queue and len(taken) < self.max_steps and not taken[-1].end and not queue[0].reset:
+        while queue and len(taken) < steps and not taken[-1].end and not queue[0].reset:
             taken.append(queue.popleft())
         return taken
 

@@ -16,6 +16,7 @@ import numpy as np
 from worker.errors import CodecError
 
 WIRE_VERSION = 1
+_INT64 = b"\xd3"  # msgpack int 64 marker: predictions write their integers at fixed width
 _EVENT_KEYS = frozenset({"x", "ts", "reset", "end"})
 
 
@@ -99,6 +100,62 @@ def decode_event(
     return Event(partition, offset, x, ts, _flag(obj, "reset"), _flag(obj, "end"))
 
 
+EventRecord = tuple[bytes | None, int, int, int]  # value, partition, offset, record timestamp
+
+
+class EventDecoder:
+    """Decodes a poll's worth of events at once.
+
+    The common event, `{"x": <float32 bytes>}` and nothing else, is recognised by its exact
+    bytes and all such events of a poll become one float32 array in one NumPy call (the
+    finite check too); every other value goes through `decode_event`. Same results, a
+    fraction of the per-event cost.
+    """
+
+    def __init__(self, features: int, max_bytes: int) -> None:
+        self.features = features
+        self.max_bytes = max_bytes
+        width = 4 * features
+        self._prefix = msgpack.packb({"x": bytes(width)}, use_bin_type=True)[:-width]
+        self._length = len(self._prefix) + width
+
+    def decode_many(self, records: list[EventRecord]) -> list[Event | CodecError]:
+        """One result per record, in order: the event, or the error naming its dead-letter reason."""
+        results: list[Event | CodecError | None] = []
+        fast: list[int] = []
+        prefix, length = self._prefix, self._length
+        for value, partition, offset, record_ts in records:
+            if value is not None and len(value) == length and value.startswith(prefix):
+                fast.append(len(results))
+                results.append(None)
+                continue
+            try:
+                results.append(
+                    decode_event(
+                        value,
+                        features=self.features,
+                        partition=partition,
+                        offset=offset,
+                        record_ts=record_ts,
+                        max_bytes=self.max_bytes,
+                    )
+                )
+            except CodecError as exc:
+                results.append(exc)
+        if fast:
+            raw = np.frombuffer(b"".join([records[i][0] for i in fast]), dtype=np.uint8)  # type: ignore[misc]
+            xs = raw.reshape(len(fast), length)[:, len(prefix) :].copy().view("<f4")
+            finite = np.isfinite(xs).all(axis=1)
+            for j, i in enumerate(fast):
+                _, partition, offset, record_ts = records[i]
+                results[i] = (
+                    Event(partition, offset, xs[j], record_ts, False, False)
+                    if finite[j]
+                    else CodecError("non_finite", "x holds NaN or infinity")
+                )
+        return results  # type: ignore[return-value]
+
+
 def encode_event(
     x: np.ndarray | list[float], *, ts: int | None = None, reset: bool = False, end: bool = False
 ) -> bytes:
@@ -113,11 +170,73 @@ def encode_event(
     return msgpack.packb(obj, use_bin_type=True)
 
 
+def _array_header(length: int) -> bytes:
+    zeros = msgpack.packb([0] * length)  # the header, then one byte per zero
+    return zeros[: len(zeros) - length]
+
+
+class PredictionEncoder:
+    """Encodes a round's predictions with one NumPy call.
+
+    Every prediction of a model has the same msgpack layout when its integers are written
+    at fixed width (int64, which any msgpack reader accepts): a structured array of that
+    layout is filled column by column and cut into records, instead of one `packb` per event.
+    """
+
+    def __init__(self, output_dim: int, model: str) -> None:
+        def key(name: str) -> bytes:
+            return msgpack.packb(name)
+
+        int64, double = ">i8", [("marker", "u1"), ("value", ">f8")]
+        layout: list[bytes | tuple[str, Any]] = [
+            b"\x86" + key("v") + msgpack.packb(WIRE_VERSION) + key("y") + _array_header(output_dim),
+            ("y", (double, (output_dim,))),
+            key("ts") + _INT64,
+            ("ts", int64),
+            key("src") + b"\x92" + _INT64,
+            ("partition", int64),
+            _INT64,
+            ("offset", int64),
+            key("step") + _INT64,
+            ("step", int64),
+            key("model") + msgpack.packb(model),
+        ]
+        fields, self._constants = [], []
+        for i, part in enumerate(layout):
+            if isinstance(part, bytes):
+                fields.append((f"c{i}", f"S{len(part)}"))
+                self._constants.append((f"c{i}", part))
+            else:
+                fields.append(part)
+        self._dtype = np.dtype(fields)
+        self._template = self._blank(256)
+
+    def _blank(self, rows: int) -> np.ndarray:
+        out = np.zeros(rows, dtype=self._dtype)
+        for name, part in self._constants:
+            out[name] = part
+        out["y"]["marker"] = 0xCB  # float 64
+        return out
+
+    def encode(
+        self, y: np.ndarray, ts: np.ndarray, partition: np.ndarray, offset: np.ndarray, step: np.ndarray
+    ) -> list[bytes]:
+        """One record per row of `y` [n, output_dim]; the other arguments are [n] integers."""
+        n = len(y)
+        if n > len(self._template):
+            self._template = self._blank(max(n, 2 * len(self._template)))
+        rows = self._template[:n].copy()
+        rows["y"]["value"] = y
+        rows["ts"], rows["partition"], rows["offset"], rows["step"] = ts, partition, offset, step
+        buf, size = rows.tobytes(), self._dtype.itemsize
+        return [buf[i : i + size] for i in range(0, n * size, size)]
+
+
 def encode_prediction(y: list[float], *, ts: int, partition: int, offset: int, step: int, model: str) -> bytes:
-    return msgpack.packb(
-        {"v": WIRE_VERSION, "y": y, "ts": ts, "src": [partition, offset], "step": step, "model": model},
-        use_bin_type=True,
-    )
+    """One prediction (tests, tools); the worker encodes whole rounds with PredictionEncoder."""
+    return PredictionEncoder(len(y), model).encode(
+        np.array([y], dtype=np.float64), *(np.array([v], dtype=np.int64) for v in (ts, partition, offset, step))
+    )[0]
 
 
 @dataclass(slots=True)

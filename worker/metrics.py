@@ -12,13 +12,51 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 log = logging.getLogger(__name__)
 
 _POWERS_OF_TWO = tuple(float(2**i) for i in range(0, 14))
 PHASES = ("poll", "decode", "state", "step", "produce", "commit", "restore")
 _SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class BulkHistogram(Collector):
+    """A histogram fed a whole round of observations in one NumPy call.
+
+    prometheus_client's Histogram takes one value per call (~5 us each): per event, that
+    alone would cost a fifth of the worker's budget. Exposed exactly like a Histogram.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...], registry: CollectorRegistry) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._bounds = np.array(buckets, dtype=np.float64)
+        self._counts = np.zeros(len(buckets) + 1, dtype=np.int64)  # the last one is +Inf
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values: np.ndarray) -> None:
+        """Bucket `le` holds values <= its bound, as Prometheus defines it."""
+        counts = np.bincount(np.searchsorted(self._bounds, values, side="left"), minlength=len(self._counts))
+        total = float(values.sum())
+        with self._lock:
+            self._counts += counts
+            self._sum += total
+
+    def collect(self) -> list[HistogramMetricFamily]:
+        with self._lock:
+            cumulative = np.cumsum(self._counts)
+            total = self._sum
+        bounds = [*(floatToGoString(b) for b in self._bounds), "+Inf"]
+        family = HistogramMetricFamily(self._name, self._documentation)
+        family.add_metric([], list(zip(bounds, (float(c) for c in cumulative), strict=True)), total)
+        return [family]
 
 
 class Metrics:
@@ -44,8 +82,8 @@ class Metrics:
         self.step_seconds = Histogram(
             p + "step_seconds", "Seconds per batched model step", buckets=_SECONDS, registry=r
         )
-        self.latency = Histogram(
-            p + "latency_seconds", "End-to-end latency, event ts to prediction produced", buckets=_SECONDS, registry=r
+        self.latency = BulkHistogram(
+            p + "latency_seconds", "End-to-end latency, event ts to prediction produced", _SECONDS, r
         )
         self.cache_lookups = Counter(
             p + "cache_lookups",

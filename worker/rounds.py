@@ -11,8 +11,8 @@ from typing import Protocol
 
 import numpy as np
 
-from worker.batching import Round
-from worker.codec import encode_prediction
+from worker.batching import Packed, Round
+from worker.codec import PredictionEncoder
 from worker.kafka.output import OutputProducer
 from worker.metrics import Metrics, PhaseClock
 from worker.state.store import StateStore
@@ -27,6 +27,8 @@ class StepModel(Protocol):
     def state_sizes(self) -> list[int]: ...
     @property
     def state_dim(self) -> int: ...
+    @property
+    def output_dim(self) -> int: ...
 
     def step(self, x: np.ndarray, mask: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -47,6 +49,7 @@ class RoundRunner:
         self.fingerprint = fingerprint
         self.metrics = metrics
         self.clock = clock
+        self.encoder = PredictionEncoder(model.output_dim, fingerprint)
         self.stream_time: dict[int, int] = {}  # partition -> newest event ts applied
 
     def warm_up(self) -> None:
@@ -61,7 +64,7 @@ class RoundRunner:
         if not kept.ids:
             self.clock.lap("state")
             return
-        x, mask, lengths = kept.pack(self.model.features)
+        packed = kept.pack(self.model.features)
         state = cache.states[rows]
         for b, events in enumerate(kept.events):
             if events[0].reset:
@@ -69,14 +72,14 @@ class RoundRunner:
                 cache.step[rows[b]] = 0
         self.clock.lap("state")
         started = time.perf_counter()
-        y, new_state = self.model.step(x, mask, state)
+        y, new_state = self.model.step(packed.x, packed.mask, state)
         self.metrics.step_seconds.observe(time.perf_counter() - started)
         self.clock.lap("step")
         cache.states[rows] = new_state
-        self._publish(kept, rows, y, producer)
+        self._publish(kept, rows, y, packed, producer)
         self.clock.lap("produce")
         self.metrics.round_keys.observe(len(kept.ids))
-        self.metrics.round_steps.observe(int(lengths.max()))
+        self.metrics.round_steps.observe(packed.x.shape[1])
 
     def _drop_applied(self, rnd: Round, rows: np.ndarray) -> tuple[Round, np.ndarray]:
         """Events at or below a key's `src` are in its state already: never apply them twice."""
@@ -94,30 +97,29 @@ class RoundRunner:
         keep = [i for i, events in enumerate(rnd.events) if events]
         return Round([rnd.ids[i] for i in keep], [rnd.events[i] for i in keep]), rows[keep]
 
-    def _publish(self, rnd: Round, rows: np.ndarray, y: np.ndarray, producer: OutputProducer) -> None:
-        cache, produce, topic = self.store.cache, producer.produce, self.output_topic
-        now_ms = time.time() * 1000.0
-        latency = self.metrics.latency
-        count = 0
-        for b, (eid, events) in enumerate(zip(rnd.ids, rnd.events, strict=True)):
-            row = int(rows[b])
-            step = int(cache.step[row])
-            partition, key = eid
-            for t, ev in enumerate(events):
-                step += 1
-                value = encode_prediction(
-                    y[b, t].tolist(), ts=ev.ts, partition=partition, offset=ev.offset, step=step, model=self.fingerprint
-                )
-                produce(topic, key, value, partition)
-                latency.observe(max(0.0, now_ms - ev.ts) / 1000.0)
-            count += len(events)
-            last = events[-1]
-            cache.step[row], cache.src[row], cache.ts[row] = step, last.offset, last.ts
-            if last.ts > self.stream_time.get(partition, -1):
-                self.stream_time[partition] = last.ts
-            if last.end:
-                self.store.end(eid, row, last.offset)
+    def _publish(self, rnd: Round, rows: np.ndarray, y: np.ndarray, packed: Packed, producer: OutputProducer) -> None:
+        """Every event's prediction, encoded in one call; then each key's step, src and ts."""
+        cache, events, key_of = self.store.cache, packed.events, packed.key_of
+        ts = np.fromiter((e.ts for e in events), dtype=np.int64, count=len(events))
+        offsets = np.fromiter((e.offset for e in events), dtype=np.int64, count=len(events))
+        partitions = np.fromiter((eid[0] for eid in rnd.ids), dtype=np.int64, count=len(rnd.ids))
+        steps = cache.step[rows][key_of] + packed.step_of + 1
+        values = self.encoder.encode(y[key_of, packed.step_of], ts, partitions[key_of], offsets, steps)
+        produce, topic, ids = producer.produce, self.output_topic, rnd.ids
+        for value, k in zip(values, key_of.tolist(), strict=True):
+            partition, key = ids[k]
+            produce(topic, key, value, partition)
+        self.metrics.latency.observe_many(np.maximum(0.0, time.time() * 1000.0 - ts) / 1000.0)
+        last = np.cumsum(packed.lengths) - 1
+        cache.step[rows] += packed.lengths
+        cache.src[rows], cache.ts[rows] = offsets[last], ts[last]
+        stream_time = self.stream_time
+        for k, (eid, i) in enumerate(zip(ids, last.tolist(), strict=True)):
+            if ts[i] > stream_time.get(eid[0], -1):
+                stream_time[eid[0]] = int(ts[i])
+            if events[i].end:
+                self.store.end(eid, int(rows[k]), int(offsets[i]))
             else:
                 self.store.continued(eid)
-        self.metrics.predictions.inc(count)
-        self.metrics.events.labels("predicted").inc(count)
+        self.metrics.predictions.inc(len(events))
+        self.metrics.events.labels("predicted").inc(len(events))

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.batching import Batcher, Round
+from worker.batching import CALL_COST, STEP_COST, Batcher, Round, round_steps
 from worker.codec import Event
 
 FEATURES = 3
@@ -250,7 +250,8 @@ def test_drop_partition_also_drops_the_wait_clock():
 
 def test_pack_right_pads_with_zeros_and_masks_padding():
     round_ = Round(ids=[A, B, C], events=[[ev(0, 1), ev(0, 2), ev(0, 3)], [ev(0, 7)], [ev(1, 4), ev(1, 5)]])
-    x, mask, lengths = round_.pack(FEATURES)
+    packed = round_.pack(FEATURES)
+    x, mask, lengths = packed.x, packed.mask, packed.lengths
     assert x.shape == (3, 3, FEATURES)
     assert x.dtype == np.float32
     assert lengths.tolist() == [3, 1, 2]
@@ -259,12 +260,52 @@ def test_pack_right_pads_with_zeros_and_masks_padding():
     np.testing.assert_array_equal(x[:, :, 0], [[1, 2, 3], [7, 0, 0], [4, 5, 0]])
     np.testing.assert_array_equal(x[1, 0], ev(0, 7).x)
     assert not x[~mask].any()
+    assert packed.key_of.tolist() == [0, 0, 0, 1, 2, 2]
+    assert packed.step_of.tolist() == [0, 1, 2, 0, 0, 1]
+    assert [e.offset for e in packed.events] == [1, 2, 3, 7, 4, 5]
+    np.testing.assert_array_equal(x[packed.key_of, packed.step_of], np.stack([e.x for e in packed.events]))
+
+
+def test_pack_of_one_step_per_key_is_keys_by_one():
+    packed = Round(ids=[A, B], events=[[ev(0, 1)], [ev(0, 2)]]).pack(FEATURES)
+    assert packed.x.shape == (2, 1, FEATURES)
+    assert packed.mask.all()
+    np.testing.assert_array_equal(packed.x[:, 0, 0], [1, 2])
+
+
+# --- round_steps: padding costs as much as real steps -----------------------------------------
+
+
+def test_one_long_queue_does_not_pad_a_round_of_single_events():
+    assert round_steps([1] * 200 + [16], max_steps=16) == 1
+
+
+def test_keys_with_long_queues_take_their_slices_whole():
+    assert round_steps([16] * 10, max_steps=16) == 16
+    assert round_steps([40] * 10, max_steps=16) == 16
+
+
+def test_round_steps_picks_the_most_events_per_unit_of_model_time():
+    pending = [3, 4, 5, 2, 16]
+    best = round_steps(pending, max_steps=16)
+    rate = {t: sum(min(n, t) for n in pending) / (CALL_COST + t * (STEP_COST + len(pending))) for t in range(1, 17)}
+    assert rate[best] == max(rate.values())
+    assert 1 < best < 16
+
+
+def test_take_cuts_every_key_at_the_round_steps():
+    batcher = Batcher(max_keys=300, max_steps=16, max_delay_ms=5)
+    add_all(batcher, [((0, b"k%d" % i), ev(0, i)) for i in range(200)] + [(A, ev(0, 1000 + t)) for t in range(16)])
+    taken = batcher.take()
+    assert {len(e) for e in taken.events} == {1}
+    assert len(batcher) == 15  # A's other events wait for the next round
 
 
 def test_pack_of_a_taken_round_matches_its_events():
     batcher = Batcher(max_keys=4, max_steps=2, max_delay_ms=5)
     add_all(batcher, [(A, ev(0, 1)), (B, ev(0, 2)), (A, ev(0, 3)), (A, ev(0, 4))])
-    x, mask, lengths = batcher.take().pack(FEATURES)
+    packed = batcher.take().pack(FEATURES)
+    x, mask, lengths = packed.x, packed.mask, packed.lengths
     assert x.shape == (2, 2, FEATURES)
     assert lengths.tolist() == [2, 1]
     np.testing.assert_array_equal(x[:, :, 2], [[1, 3], [2, 0]])

@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 
 from worker.codec import (
     WIRE_VERSION,
+    EventDecoder,
     Prediction,
+    PredictionEncoder,
     dead_letter_headers,
     decode_event,
     decode_prediction,
@@ -279,6 +281,55 @@ def test_encode_event_wire_layout():
     }
 
 
+# --- events: the batch decoder ----------------------------------------------------------------
+
+
+def _outcome(result):
+    """Comparable form of a decode result: the event's fields, or the error's reason."""
+    if isinstance(result, CodecError):
+        return ("error", result.reason)
+    return (result.partition, result.offset, result.x.tobytes(), result.ts, result.reset, result.end)
+
+
+fast_path_values = st.lists(st.floats(width=32), min_size=FEATURES, max_size=FEATURES).map(
+    lambda v: encode_event(np.array(v, dtype=np.float32))
+)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@PROPERTY
+@given(st.lists(fast_path_values | event_like_maps.map(pack) | st.binary(max_size=64) | st.none(), max_size=12))
+def test_decode_many_gives_what_decode_event_gives_record_by_record(values):
+    records = [(value, 2, 100 + i, RECORD_TS + i) for i, value in enumerate(values)]
+    expected = []
+    for value, partition, offset, record_ts in records:
+        try:
+            expected.append(
+                decode_event(
+                    value,
+                    features=FEATURES,
+                    partition=partition,
+                    offset=offset,
+                    record_ts=record_ts,
+                    max_bytes=MAX_BYTES,
+                )
+            )
+        except CodecError as exc:
+            expected.append(exc)
+    got = EventDecoder(FEATURES, MAX_BYTES).decode_many(records)
+    assert list(map(_outcome, got)) == list(map(_outcome, expected))
+
+
+def test_decode_many_takes_the_fast_path_for_plain_float32_events():
+    values = np.arange(12, dtype=np.float32).reshape(3, FEATURES)
+    records = [(encode_event(row), 0, i, RECORD_TS) for i, row in enumerate(values)]
+    records.append((encode_event(np.array([0, np.inf, 0, 0], dtype=np.float32)), 0, 3, RECORD_TS))
+    got = EventDecoder(FEATURES, MAX_BYTES).decode_many(records)
+    np.testing.assert_array_equal(np.stack([e.x for e in got[:3]]), values)
+    assert [e.offset for e in got[:3]] == [0, 1, 2]
+    assert isinstance(got[3], CodecError) and got[3].reason == "non_finite"
+
+
 # --- predictions ------------------------------------------------------------------------------
 
 
@@ -294,6 +345,27 @@ def test_encode_event_wire_layout():
 def test_prediction_round_trip(y, ts, partition, offset, step, model):
     out = decode_prediction(encode_prediction(y, ts=ts, partition=partition, offset=offset, step=step, model=model))
     assert out == Prediction(y, partition, offset, step, ts, model)
+
+
+def test_prediction_encoder_writes_one_record_per_row():
+    encoder = PredictionEncoder(2, "fp-1")
+    y = np.array([[0.25, -1.5], [1e-30, 3.0], [0.0, 7.0]])
+    values = encoder.encode(
+        y, np.array([5, -6, 7]), np.array([0, 1, 11]), np.array([10, 2**40, 0]), np.array([1, 2, 3])
+    )
+    assert [msgpack.unpackb(v) for v in values] == [
+        {"v": WIRE_VERSION, "y": [0.25, -1.5], "ts": 5, "src": [0, 10], "step": 1, "model": "fp-1"},
+        {"v": WIRE_VERSION, "y": [1e-30, 3.0], "ts": -6, "src": [1, 2**40], "step": 2, "model": "fp-1"},
+        {"v": WIRE_VERSION, "y": [0.0, 7.0], "ts": 7, "src": [11, 0], "step": 3, "model": "fp-1"},
+    ]
+
+
+def test_prediction_encoder_grows_past_its_template():
+    encoder = PredictionEncoder(1, "m")
+    n = 1000
+    values = encoder.encode(np.ones((n, 1)), *(np.arange(n) for _ in range(4)))
+    assert len(values) == n
+    assert decode_prediction(values[-1]) == Prediction([1.0], n - 1, n - 1, n - 1, n - 1, "m")
 
 
 @pytest.mark.parametrize(
