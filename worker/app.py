@@ -128,9 +128,11 @@ class Worker:
         )
         next_commit = time.monotonic() + cfg.commit_interval_ms / 1000.0
         try:
-            clock = self.clock
+            clock, batcher, caught_up = self.clock, self.batcher, True
             while not self._stopping:
-                msgs = self._poll()
+                # one round per poll: a round's leftovers then share the next round with the
+                # keys the poll brings; no polling while a round's worth of work is pending
+                msgs = [] if batcher.backlogged() else self._poll(round_due=caught_up and len(batcher) > 0)
                 clock.lap("poll")
                 if self._restoring:
                     self._advance_restore()
@@ -138,7 +140,7 @@ class Worker:
                 self._accept(msgs)
                 clock.lap("decode")
                 caught_up = len(msgs) < cfg.poll_batch
-                while self.batcher.ready(time.monotonic(), caught_up):
+                if batcher.ready(time.monotonic(), caught_up):
                     self._run_round()
                 self.producer.poll()
                 clock.lap("produce")
@@ -153,13 +155,13 @@ class Worker:
             self._restore_reader.close()
             log.info("worker stopped")
 
-    def _poll(self) -> list[Message]:
+    def _poll(self, round_due: bool) -> list[Message]:
         """What is fetched already; else wait for the first record only (a batch wait adds latency)."""
         batch = self.config.poll_batch
         msgs = self.consumer.consume(num_messages=batch, timeout=0)
         if msgs:
             return msgs
-        if self._restoring:  # a restore is waiting for its next slice
+        if self._restoring or round_due:  # a restore slice or a round is waiting
             timeout = 0.0
         elif len(self.batcher):
             timeout = max(0.0, self.batcher.max_delay_s - self.batcher.oldest_wait(time.monotonic()))

@@ -105,11 +105,20 @@ class Batcher:
             return 0.0
         return now - next(iter(self._arrival.values()))
 
+    def backlogged(self) -> bool:
+        """A full round of full slices is pending: run rounds before taking in more."""
+        return self.pending_events >= self.max_keys * self.max_steps
+
     def ready(self, now: float, caught_up: bool) -> bool:
         """A round runs when full, when its oldest event waited max_delay, or when caught up."""
         if not self._queues:
             return False
-        return caught_up or len(self._queues) >= self.max_keys or self.oldest_wait(now) >= self.max_delay_s
+        return (
+            caught_up
+            or len(self._queues) >= self.max_keys
+            or self.backlogged()
+            or self.oldest_wait(now) >= self.max_delay_s
+        )
 
     def take(self, now: float | None = None) -> Round:
         """The next round: the keys waiting longest, each with its next slice of events.

@@ -16,8 +16,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from worker.config import ENV_PREFIX, KafkaConfig, RunConfig, parse_kafka_overrides
-from worker.errors import WorkerError
+from worker.config import ENV_PREFIX, KafkaConfig, RunConfig, parse_kafka_overrides, redact_text
+from worker.errors import ConfigError, WorkerError
+
+log = logging.getLogger(__name__)
 
 
 def _env_name(flag: str) -> str:
@@ -78,6 +80,14 @@ def _kafka(args: argparse.Namespace) -> KafkaConfig:
     return KafkaConfig(args.bootstrap_servers, parse_kafka_overrides(args.kafka_settings, os.environ))
 
 
+def _given_kafka_settings(args: argparse.Namespace) -> dict[str, str]:
+    """The -X / LSTM_WORKER_KAFKA_* settings, whose secret values no printed message may contain."""
+    try:
+        return dict(parse_kafka_overrides(getattr(args, "kafka_settings", []), os.environ))
+    except ConfigError:  # its message quotes no value
+        return {}
+
+
 def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="run one consumer-group member")
     _kafka_options(p)
@@ -87,7 +97,7 @@ def _add_run(sub: Any) -> None:
     _option(p, "--state-topic", help="compacted state topic (default INPUT.state)")
     _option(p, "--dlq-topic", help="dead-letter topic (default INPUT.dlq)")
     _option(p, "--group-id", default="lstm-worker", help="consumer group")
-    _option(p, "--max-batch-keys", int, 256, help="keys per model round")
+    _option(p, "--max-batch-keys", int, 1024, help="keys per model round")
     _option(p, "--max-delay-ms", int, 5, help="how long the oldest pending event may wait for a fuller round")
     _option(p, "--max-steps", int, 16, help="steps per key per round")
     _option(
@@ -163,10 +173,21 @@ def _add_verify(sub: Any) -> None:
 
 
 def _add_bench(sub: Any) -> None:
-    p = sub.add_parser("bench", help="benchmark the step kernel and the source's four approaches")
-    _option(p, "--out", default="BENCHMARKS.md", help="markdown file to write")
+    p = sub.add_parser(
+        "bench", help="benchmark kernel, baselines, drain, latency, state and scaling into BENCHMARKS.md"
+    )
+    _kafka_options(p)
+    _option(p, "--out", default="BENCHMARKS.md", help="markdown file to write (PNGs go to bench/ beside it)")
     _option(p, "--events", int, 200, help="events (context length) of the per-event baselines")
     _option(p, "--min-seconds", float, 1.0, help="time each kernel round size at least this long")
+    _option(p, "--drain-events", int, 1_000_000, help="events pre-loaded for the drain and scaling parts")
+    _option(p, "--drain-keys", int, 10_000, help="keys of those events (and of the latency part)")
+    _option(p, "--partitions", int, 12, help="partitions of every input topic of the benchmark")
+    _option(p, "--latency-seconds", float, 60.0, help="how long the latency part produces at half the drain rate")
+    _option(p, "--state-keys", int, 1_000_000, help="state records restored, and keys held, in the state part")
+    _option(p, "--cold-cache-keys", int, 10_000, help="--cache-keys of the worker measuring cold misses")
+    _option(p, "--workdir", default=".cache/bench", help="the reference model and the workers' logs")
+    p.add_argument("--skip-kafka", action="store_true", help="parts 1-2 only (no broker needed)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,9 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from worker.app import Worker
-    from worker.metrics import HealthServer, Metrics
-    from worker.model import StreamingTwin, fingerprint, load_model
+    from worker.kafka.access import check_client_access
 
     derived = {"kafka", "model_path", "state_topic", "dlq_topic"}
     config = RunConfig(
@@ -190,6 +209,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         dlq_topic=args.dlq_topic or f"{args.input_topic}.dlq",
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if f.name not in derived},
     )
+    log.info("configuration: %r", config)  # KafkaConfig's repr hides secrets
+    # wrong credentials or a missing group ACL stop the worker in a second, before TensorFlow loads
+    check_client_access(config.kafka, config.group_id)
+    from worker.app import Worker
+    from worker.metrics import HealthServer, Metrics
+    from worker.model import StreamingTwin, fingerprint, load_model
+
     model = load_model(config.model_path)
     twin = StreamingTwin.from_model(model)
     metrics = Metrics()
@@ -267,8 +293,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from worker.bench import write_benchmarks
+    from worker.bench.run import BenchOptions
 
-    write_benchmarks(args.out, min_seconds=args.min_seconds, events=args.events)
+    fields = {f.name for f in dataclasses.fields(BenchOptions)}
+    options = BenchOptions(**{name: value for name, value in vars(args).items() if name in fields})
+    write_benchmarks(options, None if args.skip_kafka else _kafka(args))
     print(f"benchmarks written: {args.out}")
     return 0
 
@@ -291,7 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except WorkerError as exc:
-        print(f"lstm-worker {args.command}: error: {exc}", file=sys.stderr)
+        message = redact_text(str(exc), _given_kafka_settings(args))
+        print(f"lstm-worker {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -42,7 +42,9 @@ def parse_kafka_overrides(pairs: list[str], environ: Mapping[str, str]) -> tuple
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"-X {pair!r}: expected key=value, e.g. -X security.protocol=SASL_SSL")
+            # never echo what may be a secret: a value after an empty key, or a secret's name run into it
+            shown = "'=...'" if sep else ("<a secret setting, hidden>" if is_secret(pair) else repr(pair))
+            raise ConfigError(f"-X {shown}: expected key=value, e.g. -X security.protocol=SASL_SSL")
         merged[key.strip()] = value
     reserved = sorted(_RESERVED_KAFKA_KEYS & merged.keys())
     if reserved:
@@ -50,10 +52,27 @@ def parse_kafka_overrides(pairs: list[str], environ: Mapping[str, str]) -> tuple
     return tuple(sorted(merged.items()))
 
 
+# a setting whose name contains one of these holds a secret (passwords, keys, tokens)
+_SECRET_WORDS = ("password", "passphrase", "secret", "token", "sasl.oauthbearer.config", "key.pem", "private.key")
+REDACTED = "***"
+
+
+def is_secret(key: str) -> bool:
+    """Whether a librdkafka setting holds a secret that must never be logged or printed."""
+    return any(word in key.lower() for word in _SECRET_WORDS)
+
+
 def redact(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy safe to log: secrets replaced by '***'."""
-    secret_words = ("password", "secret", "sasl.oauthbearer.config", "ssl.key.pem", "token")
-    return {k: ("***" if any(w in k for w in secret_words) else v) for k, v in settings.items() if not callable(v)}
+    """A copy safe to log: secrets replaced by '***', callbacks left out."""
+    return {k: (REDACTED if is_secret(k) else v) for k, v in settings.items() if not callable(v)}
+
+
+def redact_text(text: str, settings: Mapping[str, Any]) -> str:
+    """`text` with the value of every secret setting replaced by '***' (e.g. an error message)."""
+    secrets = sorted({str(v) for k, v in settings.items() if is_secret(k) and str(v)}, key=len, reverse=True)
+    for secret in secrets:  # longest first: a secret that contains another is hidden whole
+        text = text.replace(secret, REDACTED)
+    return text
 
 
 @dataclass(frozen=True)
@@ -62,6 +81,10 @@ class KafkaConfig:
 
     bootstrap_servers: str
     overrides: tuple[tuple[str, str], ...] = ()
+
+    def __repr__(self) -> str:
+        # what logs and tracebacks show of the configuration: never a password
+        return f"KafkaConfig(bootstrap_servers={self.bootstrap_servers!r}, overrides={redact(dict(self.overrides))!r})"
 
     def common(self) -> dict[str, Any]:
         # librdkafka's own log lines go through Python logging, formatted and filtered like ours
@@ -110,7 +133,7 @@ class RunConfig:
     state_topic: str
     dlq_topic: str
     group_id: str = "lstm-worker"
-    max_batch_keys: int = 256
+    max_batch_keys: int = 1024
     max_delay_ms: int = 5
     max_steps: int = 16
     cache_keys: int = 100_000

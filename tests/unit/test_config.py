@@ -2,13 +2,14 @@
 and the argument parsing of worker/cli.py (flags, `LSTM_WORKER_<OPTION>` defaults).
 """
 
+import logging
 import os
 
 import pytest
 
-from worker.cli import build_parser
-from worker.config import KafkaConfig, RunConfig, parse_kafka_overrides, redact
-from worker.errors import ConfigError
+from worker.cli import build_parser, main
+from worker.config import KafkaConfig, RunConfig, is_secret, parse_kafka_overrides, redact, redact_text
+from worker.errors import AuthError, ConfigError
 
 RUN_ARGS = ["run", "--model", "m.keras", "--input-topic", "events", "--output-topic", "preds"]
 
@@ -135,6 +136,81 @@ def test_redact_of_a_real_producer_config_leaks_no_password():
     assert "hunter2" not in repr(redact(kafka.producer()))
 
 
+@pytest.mark.parametrize(
+    "key",
+    [
+        "sasl.password",
+        "SASL.PASSWORD",
+        "ssl.keystore.password",
+        "ssl.key.password",
+        "sasl.oauthbearer.client.secret",
+        "sasl.oauthbearer.config",
+        "sasl.oauthbearer.assertion.private.key.passphrase",
+        "sasl.oauthbearer.assertion.private.key.pem",
+        "ssl.key.pem",
+    ],
+)
+def test_secret_settings_are_recognised(key):
+    assert is_secret(key)
+
+
+@pytest.mark.parametrize("key", ["sasl.username", "sasl.mechanism", "security.protocol", "ssl.ca.location"])
+def test_plain_settings_are_not_secret(key):
+    assert not is_secret(key)
+
+
+def test_redact_text_hides_every_secret_value_longest_first():
+    settings = {"sasl.password": "hunter2", "ssl.key.password": "hunter2-and-more", "sasl.username": "alice"}
+    text = "user alice, password hunter2, key hunter2-and-more"
+    assert redact_text(text, settings) == "user alice, password ***, key ***"
+    assert redact_text("nothing to hide", {"sasl.password": ""}) == "nothing to hide"
+
+
+def test_kafka_config_repr_hides_the_password():
+    kafka = KafkaConfig("b:9092", parse_kafka_overrides(["sasl.username=alice", "sasl.password=hunter2"], {}))
+    assert "hunter2" not in repr(kafka) and "hunter2" not in str(kafka)
+    assert "'sasl.password': '***'" in repr(kafka) and "'sasl.username': 'alice'" in repr(kafka)
+    assert dict(kafka.overrides)["sasl.password"] == "hunter2"  # the clients still get it
+
+
+def test_run_config_repr_hides_the_password(model_file):
+    kafka = KafkaConfig("b:9092", (("sasl.password", "hunter2"),))
+    text = repr(run_config(model_file, kafka=kafka))
+    assert "hunter2" not in text and "RunConfig(kafka=KafkaConfig(" in text
+
+
+@pytest.mark.parametrize("pair", ["sasl.passwordhunter2", "=hunter2", " =hunter2"])
+def test_malformed_x_flag_error_does_not_echo_a_secret(pair):
+    with pytest.raises(ConfigError, match="key=value") as info:
+        parse_kafka_overrides([pair], {})
+    assert "hunter2" not in str(info.value)
+
+
+def test_start_up_error_messages_are_scrubbed_of_passwords(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LSTM_WORKER_KAFKA_SSL_KEY_PASSWORD", "keypw-9f8e")
+    missing = tmp_path / "hunter2-pw.keypw-9f8e.keras"  # a message that happens to quote both passwords
+    argv = ["run", "--model", str(missing), "--input-topic", "in", "--output-topic", "out"]
+    assert main([*argv, "-X", "sasl.password=hunter2-pw"]) == 2
+    err = capsys.readouterr().err
+    assert "no such file" in err and "hunter2-pw" not in err and "keypw-9f8e" not in err, err
+    assert "***.***.keras" in err
+
+
+def test_run_logs_its_configuration_redacted_before_connecting(model_file, capsys, caplog, monkeypatch):
+    def refuse(kafka, group_id):
+        raise AuthError(f"refused {dict(kafka.overrides)}")  # a careless message: main must scrub it
+
+    monkeypatch.setattr("worker.kafka.access.check_client_access", refuse)
+    argv = ["run", "--model", model_file, "--input-topic", "in", "--output-topic", "out", "--group-id", "g"]
+    with caplog.at_level(logging.DEBUG):
+        assert main([*argv, "-X", "sasl.username=alice", "-X", "sasl.password=hunter2"]) == 2
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "configuration: RunConfig(" in logged and "'sasl.password': '***'" in logged, logged
+    err = capsys.readouterr().err
+    assert "refused" in err and "'sasl.password': '***'" in err, err
+    assert "hunter2" not in logged + err
+
+
 def test_x_settings_win_over_the_workers_tuning():
     kafka = KafkaConfig("b:9092", (("session.timeout.ms", "45000"), ("message.timeout.ms", "60000")))
     assert (
@@ -149,8 +225,8 @@ def test_x_settings_win_over_the_workers_tuning():
 
 def test_valid_run_config_and_defaults(model_file):
     config = run_config(model_file)
-    assert (config.max_batch_keys, config.max_steps, config.max_delay_ms, config.cache_keys) == (256, 16, 5, 100_000)
-    assert config.round_keys == 256
+    assert (config.max_batch_keys, config.max_steps, config.max_delay_ms, config.cache_keys) == (1024, 16, 5, 100_000)
+    assert config.round_keys == 1024
 
 
 @pytest.mark.parametrize(
@@ -224,7 +300,7 @@ def test_run_defaults_without_env():
     assert args.command == "run"
     assert (args.model, args.input_topic, args.output_topic) == ("m.keras", "events", "preds")
     assert (args.state_topic, args.dlq_topic) == (None, None)
-    assert (args.max_batch_keys, args.max_steps, args.max_delay_ms, args.cache_keys) == (256, 16, 5, 100_000)
+    assert (args.max_batch_keys, args.max_steps, args.max_delay_ms, args.cache_keys) == (1024, 16, 5, 100_000)
     assert args.bootstrap_servers == "127.0.0.1:9092"
     assert args.kafka_settings == []
 

@@ -68,18 +68,23 @@ class StreamingTwin:
         self._state_dim = sum(self._state_sizes)
         # XLA compiles once per distinct shape: pad to power-of-two buckets to bound that.
         self._bucketed = backend == "xla"
-        self._function = tf.function(
+        # Two fixed signatures, so no retracing per batch size: any number of steps, and
+        # exactly one step, which skips the time loop (most rounds have one event per key).
+        self._functions = [self._compile(steps, features) for steps in (None, 1)]
+        self._concrete, self._concrete_one_step = (f.get_concrete_function() for f in self._functions)
+        self._output_dim = int(self._concrete.structured_outputs[0].shape[-1])
+
+    def _compile(self, steps: int | None, features: int) -> Any:
+        return tf.function(
             self._forward,
             input_signature=[
-                tf.TensorSpec([None, None, features], tf.float32, name="x"),
-                tf.TensorSpec([None, None], tf.bool, name="mask"),
+                tf.TensorSpec([None, steps, features], tf.float32, name="x"),
+                tf.TensorSpec([None, steps], tf.bool, name="mask"),
                 tf.TensorSpec([None, self._state_dim], tf.float32, name="state"),
             ],
             autograph=False,
             jit_compile=self._bucketed,
         )
-        self._concrete = self._function.get_concrete_function()
-        self._output_dim = int(self._concrete.structured_outputs[0].shape[-1])
 
     @classmethod
     def from_model(cls, model: keras.Model, backend: str = "tf") -> StreamingTwin:
@@ -125,8 +130,8 @@ class StreamingTwin:
 
     @property
     def tracing_count(self) -> int:
-        """How often the step function was traced; stays 1 whatever the batch shapes."""
-        return int(self._function.experimental_get_tracing_count())
+        """How often the step functions were traced; stays 2 whatever the batch shapes."""
+        return sum(int(f.experimental_get_tracing_count()) for f in self._functions)
 
     def zero_state(self, batch: int) -> np.ndarray:
         """The state of entities that have seen no step yet."""
@@ -146,7 +151,8 @@ class StreamingTwin:
         batch, steps = mask.shape
         if self._bucketed:
             x, mask, state = _pad_to_bucket(x, mask, state)
-        y, new_state = self._concrete(tf.constant(x), tf.constant(mask), tf.constant(state))
+        function = self._concrete_one_step if x.shape[1] == 1 else self._concrete
+        y, new_state = function(tf.constant(x), tf.constant(mask), tf.constant(state))
         return y.numpy()[:batch, :steps], new_state.numpy()[:batch]
 
     def _check_shapes(self, x: np.ndarray, mask: np.ndarray, state: np.ndarray) -> None:
@@ -191,6 +197,12 @@ def _run_recurrent(
     masked steps, or zeros when the layer was built with zero_output_for_mask.
     """
     cell = layer.cell
+    if x.shape[1] == 1:  # one step (the common round): no time loop to build or run
+        _, new = cell(x[:, 0], list(initial), training=False)
+        valid = mask[:, 0:1]
+        kept = [tf.where(valid, n, s) for n, s in zip(keras.tree.flatten(new), initial, strict=True)]
+        out = tf.where(valid, kept[0], 0.0) if layer.zero_output_for_mask else kept[0]
+        return out[:, tf.newaxis], kept
     steps_first = tf.transpose(x, [1, 0, 2])
     mask_first = tf.transpose(mask)[:, :, tf.newaxis]
     steps = tf.shape(steps_first)[0]
