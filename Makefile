@@ -51,8 +51,19 @@ test: venv tools lint ## everything CI runs: lint, unit and integration tests ag
 demo: venv ## broker, model, two workers, 50k events with a live progress line, verification, PNG plot
 	deploy/demo.sh
 
-bench: venv ## benchmark the step kernel and the source's four approaches into BENCHMARKS.md
-	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -W ignore -m worker bench --out BENCHMARKS.md
+# `make bench`: its own broker (stopped after, unless it was running) on BENCH_KAFKA_PORT; BENCH_ARGS for
+# reduced sizes, e.g. BENCH_ARGS="--drain-events 100000 --state-keys 100000 --latency-seconds 20"
+BENCH_KAFKA_PORT ?= 9192
+bench: venv ## the benchmark issue's six parts on a local broker into BENCHMARKS.md and bench/*.png (~20 min)
+	@deploy/kafka/fetch.sh >/dev/null
+	@port=$(BENCH_KAFKA_PORT); pid=".cache/kafka-$$port/pid"; started=yes; \
+	if [[ -f $$pid ]] && kill -0 "$$(cat $$pid)" 2>/dev/null; then started=no; fi; \
+	bootstrap="$$(KAFKA_PORT=$$port deploy/kafka/start.sh)" || exit 1; \
+	echo "== broker: $$bootstrap"; \
+	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -W ignore -m worker bench --out BENCHMARKS.md \
+	  --bootstrap-servers "$$bootstrap" $(BENCH_ARGS); rc=$$?; \
+	if [[ $$started == yes ]]; then KAFKA_PORT=$$port deploy/kafka/stop.sh >/dev/null; fi; \
+	exit $$rc
 
 rules: ## regenerate deploy/kubernetes/prometheusrule.yaml from deploy/prometheus/alerts.yml
 	@{ printf '%s\n' "# Generated from deploy/prometheus/alerts.yml by \`make rules\`: edit that file, then run it." \

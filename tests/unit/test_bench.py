@@ -1,7 +1,7 @@
 """The benchmark's arithmetic and its baselines: the source blog's four approaches and the
 per-event twin step must all give the full-history outputs (the blog's own assertion)."""
 
-from worker.bench import baselines, flops_per_event
+from worker.bench.kernel import baselines, flops_per_event
 from worker.model.reference import make_reference_model
 
 

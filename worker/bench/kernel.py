@@ -1,27 +1,24 @@
-"""`lstm-worker bench`: the step kernel alone, and the source blog's four approaches, in one process.
+"""Parts 1-2 of the benchmark: the step kernel alone, and the source blog's approaches, in one process.
 
-Measured so far (the benchmark issue lists the rest: end-to-end drain through Kafka, latency
-under load, restore and memory, scaling): the streaming twin's batched step per backend and
-round size, which is the ceiling of the worker, and the blog's baselines on the same model: the
-full history `predict` per event, a stateful model, and explicit state in a functional and a
-subclassed model, each `predict` once per event. Every approach is checked against the
+The streaming twin's batched step per backend and round size is the ceiling of the worker;
+the blog's baselines run on the same model: the full history `predict` per event, a stateful
+model, and explicit state in a functional and a subclassed model, each `predict` once per
+event, and the twin's compiled step once per event. Every approach is checked against the
 full-history outputs (1e-5) before its time counts.
 """
 
 from __future__ import annotations
 
-import os
-import platform
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from worker.model.reference import make_reference_model
-from worker.model.twin import StreamingTwin
+from worker.model.twin import _BACKENDS, StreamingTwin
 
 FEATURES, UNITS = 4, (100, 200)
 ROUND_SIZES = (1, 4, 16, 64, 256, 1024, 4096)
@@ -57,9 +54,14 @@ def _timed(fn: Callable[[], object], min_seconds: float) -> float:
     return elapsed / calls
 
 
+def worker_backend() -> str:
+    """The backend `lstm-worker run` serves with (the twin's default)."""
+    return str(inspect.signature(StreamingTwin.from_model).parameters["backend"].default)
+
+
 def kernel_sweep(
     model: keras.Model,
-    backends: tuple[str, ...] = ("tf", "xla"),
+    backends: tuple[str, ...] = _BACKENDS,
     sizes: tuple[int, ...] = ROUND_SIZES,
     min_seconds: float = 1.0,
 ) -> list[tuple[str, int, float]]:
@@ -197,61 +199,26 @@ def baselines(model: keras.Model, events: int = 200) -> list[Timing]:
     return timings
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, TensorFlow {tf.__version__}"
+@dataclass(frozen=True)
+class KernelResult:
+    """Part 1 (sweep rows: backend, keys per round, seconds per round) and part 2 (baselines)."""
+
+    sweep: list[tuple[str, int, float]]
+    baselines: list[Timing]
+    backend: str  # the worker's
+    flops: int
+
+    @property
+    def best_events_per_s(self) -> float:
+        return max(size / seconds for _, size, seconds in self.sweep)
+
+    def baseline(self, word: str) -> Timing:
+        """The first baseline whose name contains `word` ("classic", "one compiled step")."""
+        return next(t for t in self.baselines if word in t.name)
 
 
-def report(min_seconds: float = 1.0, events: int = 200) -> str:
-    """Markdown: kernel table, baselines table, ratios measured in this run."""
+def measure_kernel(min_seconds: float = 1.0, events: int = 200) -> KernelResult:
+    """Parts 1 and 2 on the reference model (seed 0, as `make-model` writes it)."""
     model = make_reference_model(FEATURES, UNITS, seed=0)
-    flops = flops_per_event()
     sweep = kernel_sweep(model, min_seconds=min_seconds)
-    base = baselines(model, events)
-    lines = [
-        f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d')}. Model: 4 -> LSTM 100 -> LSTM 200 -> "
-        f"Dense 1 ({flops:,} FLOPs per event).",
-        "",
-        "| backend | keys per round | µs per round | events/s | GFLOP/s |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for backend, size, seconds in sweep:
-        lines.append(
-            f"| {backend} | {size} | {seconds * 1e6:,.0f} | {size / seconds:,.0f} | "
-            f"{size * flops / seconds / 1e9:.1f} |"
-        )
-    best = max(size / seconds for _, size, seconds in sweep)
-    lines += [
-        "",
-        f"One key's {events} events, each approach checked against the full history (1e-5):",
-        "",
-        "| approach | events/s | kernel's best round vs it |",
-        "|---|---:|---:|",
-    ]
-    for t in base:
-        lines.append(f"| {t.name} | {t.events_per_s:,.1f} | {best / t.events_per_s:,.0f}x |")
-    return "\n".join(lines) + "\n"
-
-
-def write_benchmarks(path: str, min_seconds: float = 1.0, events: int = 200) -> None:
-    """BENCHMARKS.md: what was measured, how, on what, and the ratios of this one run."""
-    body = report(min_seconds=min_seconds, events=events)
-    with open(path, "w") as out:
-        out.write(
-            "# Benchmarks\n\n"
-            "Written by `make bench` (`lstm-worker bench --out BENCHMARKS.md`); every figure below is\n"
-            "from the one run that wrote this file, all approaches in one process on one machine.\n\n"
-            "## Step kernel and the source's approaches\n\n"
-            "The kernel rows time the streaming twin's batched step (one step of every key of a round)\n"
-            "per backend; events/s at a round size is the ceiling of a worker whose rounds are that\n"
-            "large. The approaches below run one key's events one at a time, as the source blog did.\n\n"
-            + body
-            + "\nNot measured yet (the benchmark issue): end-to-end drain through Kafka, latency under\n"
-            "load, restore rate and memory per key, and the two-worker scaling row; README's capacity\n"
-            "section has the figures measured so far by hand, with their commands.\n"
-        )
+    return KernelResult(sweep, baselines(model, events), worker_backend(), flops_per_event())

@@ -1,0 +1,67 @@
+"""`lstm-worker bench` parts 3-5 at tiny sizes against the real broker: real workers drain, serve
+a paced load and restore a state topic, and the report is written from what they measured."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from worker.bench.drain import drain, preload
+from worker.bench.kafka_io import BenchKafka
+from worker.bench.kernel import KernelResult, Timing
+from worker.bench.latency import latency
+from worker.bench.process import Launcher
+from worker.bench.report import render
+from worker.bench.results import BenchResults
+from worker.bench.run import reference_model
+from worker.bench.state import state
+from worker.config import KafkaConfig
+
+pytestmark = pytest.mark.integration
+
+EVENTS, KEYS, PARTITIONS, STATE_KEYS = 20_000, 200, 4, 5_000
+
+
+def test_drain_latency_and_state_measure_real_workers(broker: str, tmp_path: Path):
+    model, fingerprint, sizes = reference_model(tmp_path)
+    assert sizes == [100, 100, 200, 200]
+    bench = BenchKafka(KafkaConfig(broker), uuid.uuid4().hex[:8])
+    launcher = Launcher(bench.kafka, model, tmp_path)
+    try:
+        data = preload(bench, EVENTS, KEYS, PARTITIONS)
+        one = drain(bench, launcher, data, workers=1)
+        lat = latency(bench, launcher, rate=2000, seconds=4, keys=KEYS, partitions=PARTITIONS, warmup_s=1)
+        st = state(bench, launcher, STATE_KEYS, PARTITIONS, sizes, fingerprint, cold_cache_keys=500, cold_events=1000)
+    finally:
+        launcher.stop_all()
+        bench.delete_all()
+
+    assert data.produced.records == EVENTS
+    assert (one.distinct, one.missing, one.duplicates) == (EVENTS, 0, 0)  # every event predicted once
+    assert one.events_per_s > 0 and one.seconds > 0 and one.rounds > 0
+    assert 1 <= one.round_keys <= 256 and one.round_steps >= 1
+    assert one.cpu_cores > 0 and one.busy_s["step"] > 0 and one.busy_s["poll"] > 0
+
+    assert lat.sent > 5_000 and lat.distinct == lat.sent == lat.predictions
+    assert 1000 < lat.achieved_per_s < 2200
+    assert lat.latency_ms.size + lat.warmup_latency_ms.size == lat.sent
+    assert lat.latency_ms.size > 0.7 * lat.sent and lat.latency_ms.min() >= 0
+    assert 0 < lat.quantiles[50.0] <= lat.quantiles[99.0] <= lat.quantiles[99.9]
+
+    assert st.written.records == STATE_KEYS
+    assert st.restore_records == STATE_KEYS and st.restore_seconds > 0 and st.restore_per_s > 0
+    assert st.resident_keys == STATE_KEYS
+    assert st.idle_rss > 100 << 20 and st.full_rss > 100 << 20  # VmRSS parsed
+    assert st.cold_events == 1000 and st.cold_lookups > 0
+    assert st.cold_misses >= 0.8 * st.cold_lookups and st.misses_per_s > 0
+
+    kernel = KernelResult(
+        [("tf", 1, 1e-3), ("tf", 256, 5e-3)],
+        [Timing("classic", 10, 1.0), Timing("one compiled step", 10, 0.01)],
+        "tf",
+        563_600,
+    )
+    text = render(BenchResults("bench", "today", "here", "0", kernel, data.produced, one, None, lat, st))
+    assert "## 3. End-to-end drain" in text and "## 5. State" in text and "## 6." not in text

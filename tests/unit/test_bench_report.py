@@ -1,0 +1,165 @@
+"""BENCHMARKS.md from fixed results: every section, the ratios, the targets' verdicts, the
+hand-written analysis, the plots; and the bench command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from worker.bench.drain import DrainResult
+from worker.bench.kafka_io import Produced
+from worker.bench.kernel import KernelResult, Timing
+from worker.bench.latency import LatencyResult
+from worker.bench.report import render
+from worker.bench.results import BenchResults, targets
+from worker.bench.run import BenchOptions, draw_plots
+from worker.bench.state import StateResult
+from worker.cli import build_parser
+
+SWEEP = [("tf", 16, 0.001), ("tf", 64, 0.002), ("tf", 256, 0.004), ("xla", 16, 0.0008), ("xla", 256, 0.005)]
+BUSY = {"poll": 2.0, "decode": 1.0, "state": 0.5, "step": 6.0, "produce": 0.4, "commit": 0.1, "restore": 0.0}
+
+
+def drain_result(workers: int, rate: float) -> DrainResult:
+    return DrainResult(
+        workers=workers,
+        events=1000,
+        keys=100,
+        partitions=4,
+        predictions=1002,
+        distinct=1000,
+        events_per_s=rate,
+        seconds=1000 / rate,
+        wall_s=1.2,
+        start_to_ready_s=6.5,
+        rounds=10,
+        round_keys=64.0,
+        round_steps=1.5,
+        cpu_cores=0.9,
+        machine_cores=1.6,
+        busy_s=dict(BUSY),
+        per_worker=[1000 // workers] * workers,
+    )
+
+
+def results(**parts: object) -> BenchResults:
+    kernel = KernelResult(
+        SWEEP,
+        [
+            Timing("full history, predict per event (the blog's classic)", 200, 20.0),
+            Timing("one compiled step", 200, 0.2),
+        ],
+        "tf",
+        563_600,
+    )
+    return BenchResults(
+        "lstm-worker bench --out B.md", "2026-01-01 00:00 UTC", "a CPU, 2 cores", "0.1", kernel, **parts
+    )  # type: ignore[arg-type]
+
+
+def full() -> BenchResults:
+    latency = LatencyResult(8000.0, 5.0, 40_000, 40_000, 40_000, np.arange(1.0, 101.0))
+    state = StateResult(
+        keys=1000,
+        partitions=4,
+        raw_bytes_per_key=2400,
+        written=Produced(1000, 0.5),
+        start_to_ready_s=7.0,
+        restore_records=1000,
+        restore_seconds=0.02,
+        resident_keys=1000,
+        idle_rss=600 << 20,
+        full_rss=(600 << 20) + 3_000_000,
+        cold_cache_keys=100,
+        cold_events=1000,
+        cold_misses=990,
+        cold_lookups=1000,
+        cold_seconds=2.0,
+    )
+    return results(
+        drain_input=Produced(1000, 0.01),
+        drain=drain_result(1, 20_000.0),
+        scaling=drain_result(2, 30_000.0),
+        latency=latency,
+        state=state,
+    )
+
+
+def test_every_section_with_its_context_and_ratios():
+    r = full()
+    text = render(r)
+    for heading in ("## Targets", "## 1-2.", "## 3. End-to-end drain", "## 4. Latency", "## 5. State", "## 6. Scaling"):
+        assert heading in text
+    assert (
+        text.count("Command: `lstm-worker bench --out B.md`. Date: 2026-01-01 00:00 UTC. Machine: a CPU, 2 cores") == 6
+    )
+    # the kernel at 64 keys per round: 64 / 2 ms = 32,000 events/s; the drain is 20,000 of it
+    assert "| step kernel (tf) at 64 keys per round | 32,000 events/s |" in text
+    assert "| drain / kernel at that round size | 0.62 |" in text
+    assert "| events predicted / predictions / duplicates | 1,000 / 1,002 / 2 |" in text
+    assert "| step | 60.0% (6.0 s) | 60.0% (6.0 s) |" in text
+    assert "| p99 (ms) | 99.0 |" in text
+    assert "| RSS per resident key (bytes) | 3,000 |" in text
+    assert "| cold misses served per second | 495 |" in text
+    assert "Two workers / one: **1.50x**." in text
+    assert "No analysis yet" in text
+
+
+def test_targets_met_and_missed_in_the_same_run():
+    by_what = {t.what: t for t in targets(full())}
+    assert by_what["drain >= 50% of the step kernel at the same mean round size"].met  # 62%
+    rate = by_what["one worker's drain >= 40,000 events/s"]
+    assert not rate.met and "missed** by 50%" in rate.verdict()
+    assert by_what["drain >= 500x the source's full-history approach"].measured == 2000  # 20,000 / 10 events/s
+    assert by_what["drain >= 50x the per-event single-step call"].measured == 20  # 20,000 / 1,000
+    assert not by_what["p99 latency <= 50 ms at 50% load"].met
+    assert by_what["resident state <= 1.3x its raw bytes per key"].measured == 1.25
+    assert by_what["restore >= 100,000 state records/s"].measured == 50_000
+    assert len(by_what) == 8
+
+
+def test_kernel_only_run_and_analysis_included():
+    text = render(results(), analysis="The poll phase waits on the fetch (app.py:160).\n")
+    assert "Parts 3-6 (Kafka) were not run" in text
+    assert "## 3." not in text and "## Targets" not in text
+    assert "From `bench/ANALYSIS.md`" in text and "app.py:160" in text
+    assert "| tf | 64 | 2,000 | 32,000 | 18.0 |" in text
+
+
+def test_plots_are_written_and_linked(tmp_path: Path):
+    r = full()
+    r.plots = draw_plots(r, tmp_path)
+    assert set(r.plots) == {"kernel", "latency", "phases"}
+    for rel in r.plots.values():
+        assert (tmp_path / rel).stat().st_size > 1000
+    text = render(r)
+    assert "![kernel events/s per round size and backend, drain marked](bench/kernel.png)" in text
+    assert "(bench/latency.png)" in text and "(bench/phases.png)" in text
+
+
+def test_bench_command_line_defaults_are_the_issue_sizes():
+    args = build_parser().parse_args(["bench"])
+    assert (args.drain_events, args.drain_keys, args.partitions) == (1_000_000, 10_000, 12)
+    assert (args.latency_seconds, args.state_keys, args.skip_kafka) == (60.0, 1_000_000, False)
+    args = build_parser().parse_args(["bench", "--skip-kafka", "--drain-events", "20000", "--state-keys", "5000"])
+    assert args.skip_kafka and args.drain_events == 20000 and args.state_keys == 5000
+
+
+def test_options_render_the_command_that_reproduces_them():
+    options = BenchOptions(drain_events=20_000, partitions=4, latency_seconds=5)
+    assert options.command(None).endswith("--skip-kafka")
+    command = options.command("127.0.0.1:9092")
+    assert "--bootstrap-servers 127.0.0.1:9092 --drain-events 20000 --drain-keys 10000 --partitions 4" in command
+    assert "--latency-seconds 5 --state-keys 1000000" in command
+
+
+def test_a_failed_part_is_named_and_the_others_still_reported():
+    r = full()
+    r.state, r.errors = None, {"5. state": "BenchError: worker state-restore exited with 1:\nTraceback ..."}
+    text = render(r)
+    assert "## Parts that failed in this run" in text
+    assert "- 5. state: `BenchError: worker state-restore exited with 1:`" in text
+    assert "## 5. State" not in text and "## 3. End-to-end drain" in text
+    by_what = {t.what: t for t in targets(r)}
+    assert by_what["restore >= 100,000 state records/s"].verdict() == "not measured"

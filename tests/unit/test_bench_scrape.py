@@ -1,0 +1,64 @@
+"""Readings of a worker from outside: Prometheus text, /proc status and stat."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from worker.bench.scrape import (
+    by_label,
+    cpu_seconds,
+    parse_cpu_ticks,
+    parse_machine_ticks,
+    parse_metrics,
+    parse_vm_rss,
+    rss_bytes,
+    sample,
+)
+
+TEXT = """\
+# HELP lstm_worker_predictions_total Predictions published
+# TYPE lstm_worker_predictions_total counter
+lstm_worker_predictions_total 20000.0
+lstm_worker_cache_lookups_total{result="hit"} 12.0
+lstm_worker_cache_lookups_total{result="miss"} 4982.0
+lstm_worker_busy_seconds_total{phase="poll"} 1.25
+lstm_worker_busy_seconds_total{phase="step"} 3.5e+00
+lstm_worker_round_keys_bucket{le="+Inf"} 45.0
+lstm_worker_round_keys_sum 2101.0
+lstm_worker_consumer_lag{partition="3",note="a \\"quoted\\" value"} 7.0
+"""
+
+
+def test_parse_metrics_reads_names_labels_and_values():
+    samples = parse_metrics(TEXT)
+    assert sample(samples, "lstm_worker_predictions_total") == 20000
+    assert sample(samples, "lstm_worker_cache_lookups_total", result="miss") == 4982
+    assert sample(samples, "lstm_worker_round_keys_bucket", le="+Inf") == 45
+    assert sample(samples, "lstm_worker_round_keys_sum") == 2101
+    assert sample(samples, "lstm_worker_consumer_lag", partition="3", note='a \\"quoted\\" value') == 7
+    assert sample(samples, "lstm_worker_cache_lookups_total", result="new") == 0  # absent
+    assert by_label(samples, "lstm_worker_busy_seconds_total", "phase") == {"poll": 1.25, "step": 3.5}
+
+
+def test_parse_vm_rss():
+    status = "Name:\tpython\nVmPeak:\t 9000 kB\nVmRSS:\t  614400 kB\nThreads:\t40\n"
+    assert parse_vm_rss(status) == 614400 * 1024
+    with pytest.raises(ValueError, match="VmRSS"):
+        parse_vm_rss("Name:\tzombie\n")
+
+
+def test_parse_cpu_ticks_with_a_process_name_holding_spaces():
+    stat = "4242 (python -m worker) S 1 4242 4242 0 -1 4194304 100 0 0 0 1500 250 0 0 20 0 40 0 100 0 0"
+    assert parse_cpu_ticks(stat) == 1750
+
+
+def test_parse_machine_ticks():
+    busy, total = parse_machine_ticks("cpu  100 5 50 800 45 0 0 0 0 0\ncpu0 1 2 3 4\n")
+    assert (busy, total) == (155, 1000)
+
+
+def test_this_process_can_be_read():
+    assert rss_bytes(os.getpid()) > 1 << 20
+    assert cpu_seconds(os.getpid()) > 0

@@ -1,0 +1,213 @@
+"""The benchmark's own Kafka I/O: its topics, fast pre-encoded producing, reading predictions back.
+
+Every topic of a run is named `bench-<run>-...` and deleted at the end. Output topics are created
+beforehand with `message.timestamp.type=LogAppendTime`, so each prediction carries the time the
+broker appended it: rates and latencies come from those, never from a poll loop's clock.
+Partitions are chosen by the benchmark (CRC32 of the key, as librdkafka's default partitioner),
+so that events and the state records written for the same keys are co-partitioned.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from worker.codec import CodecError, decode_prediction, encode_event
+from worker.config import KafkaConfig
+from worker.errors import WorkerError
+from worker.kafka.output import position
+from worker.kafka.topics import create_topic
+from worker.synthetic import key_name
+
+log = logging.getLogger(__name__)
+
+
+class BenchError(WorkerError):
+    """A benchmark step failed (a worker died, a wait timed out, a record was lost)."""
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    return zlib.crc32(key) % partitions
+
+
+def interleaved_keys(events: int, keys: int, seed: int) -> np.ndarray:
+    """Key index of each event in send order: keys as evenly as possible, shuffled together
+    (the `produce` subcommand's interleaving, for any event count)."""
+    order = np.arange(events) % keys
+    np.random.default_rng(seed).shuffle(order)
+    return order
+
+
+@dataclass(frozen=True)
+class Produced:
+    records: int
+    seconds: float
+
+    @property
+    def per_s(self) -> float:
+        return self.records / self.seconds if self.seconds > 0 else float("nan")
+
+
+class FastProducer:
+    """Large batches, errors latched and raised at `flush`; a full queue is waited out."""
+
+    def __init__(self, kafka: KafkaConfig, **extra: Any) -> None:
+        self.errors: list[str] = []
+        settings = {"linger.ms": 20, "batch.size": 1_000_000, **extra, "on_delivery": self._delivered}
+        self._producer = Producer(kafka.producer(**settings))
+
+    def _delivered(self, err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            self.errors.append(str(err))
+
+    def send(self, topic: str, key: bytes, value: bytes, partition: int) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value, key, partition)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+
+    def poll(self) -> None:
+        self._producer.poll(0)
+
+    def flush(self, timeout: float = 120.0) -> None:
+        left = self._producer.flush(timeout)
+        if left or self.errors:
+            raise BenchError(f"producing failed: {left} records undelivered, errors: {self.errors[:3]}")
+
+
+class BenchKafka:
+    """The cluster as the benchmark uses it; remembers every topic it names, to delete them."""
+
+    def __init__(self, kafka: KafkaConfig, run: str) -> None:
+        self.kafka = kafka
+        self.run = run
+        self.admin = AdminClient(kafka.admin())
+        self.names: list[str] = []
+
+    def name(self, suffix: str) -> str:
+        topic = f"bench-{self.run}-{suffix}"
+        self.names.append(topic)
+        return topic
+
+    def create(self, topic: str, partitions: int, config: dict[str, str] | None = None) -> str:
+        create_topic(self.admin, topic, partitions, config)
+        return topic
+
+    def create_output(self, topic: str, partitions: int) -> str:
+        return self.create(topic, partitions, {"message.timestamp.type": "LogAppendTime"})
+
+    def delete_all(self) -> None:
+        """The run's topics (and the state and dead-letter topics the workers made for them)."""
+        existing = set(self.admin.list_topics(timeout=30).topics)
+        mine = sorted({t for t in existing for name in self.names if t == name or t.startswith(name + ".")})
+        if not mine:
+            return
+        for topic, future in self.admin.delete_topics(mine, operation_timeout=60).items():
+            try:
+                future.result(timeout=90)
+            except KafkaException as exc:
+                log.warning("could not delete topic=%s: %s", topic, exc)
+        log.info("deleted topics=%d", len(mine))
+
+    def preload_events(self, topic: str, events: int, keys: int, partitions: int, seed: int = 0) -> Produced:
+        """`events` events over `keys` keys, pre-encoded (raw float32 x), as fast as the client goes."""
+        order = interleaved_keys(events, keys, seed)
+        values = np.random.default_rng(seed + 1).standard_normal((events, 4)).astype(np.float32)
+        names = [key_name(k) for k in range(keys)]
+        where = [partition_of(k, partitions) for k in names]
+        encoded = [encode_event(values[i]) for i in range(events)]
+        producer = FastProducer(self.kafka)
+        started = time.monotonic()
+        for i, k in enumerate(order.tolist()):
+            producer.send(topic, names[k], encoded[i], where[k])
+        producer.flush()
+        return Produced(events, time.monotonic() - started)
+
+    def produce_keyed(self, topic: str, records: Iterable[tuple[bytes, bytes]], partitions: int, **extra: Any) -> int:
+        """Each (key, value) to the key's partition; returns the count."""
+        producer = FastProducer(self.kafka, **extra)
+        count = 0
+        for key, value in records:
+            producer.send(topic, key, value, partition_of(key, partitions))
+            count += 1
+            if count % 10_000 == 0:
+                producer.poll()
+        producer.flush()
+        return count
+
+    def read_predictions(self, topic: str, partitions: int, expected: int, timeout: float = 120.0) -> Predictions:
+        """Every prediction of the topic, until `expected` distinct events have one and every
+        partition is read to its end (or `timeout` seconds pass: what was read is returned)."""
+        consumer = Consumer(self.kafka.consumer(f"bench-{self.run}-reader", **{"enable.partition.eof": True}))
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        log_ms: list[int] = []
+        ts: list[int] = []
+        src: list[int] = []
+        seen: set[int] = set()
+        at_end: set[int] = set()
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if len(at_end) == partitions and len(seen) >= expected:
+                    break
+                for msg in consumer.consume(num_messages=10_000, timeout=0.5):
+                    error = msg.error()
+                    if error is not None:
+                        if error.code() != KafkaError._PARTITION_EOF:
+                            raise BenchError(f"reading {topic} failed: {error}")
+                        at_end.add(position(msg)[0])
+                        continue
+                    at_end.discard(position(msg)[0])
+                    kind, appended = msg.timestamp()
+                    if kind != TIMESTAMP_LOG_APPEND_TIME:
+                        raise BenchError(f"{topic} must have message.timestamp.type=LogAppendTime")
+                    try:
+                        prediction = decode_prediction(msg.value())
+                    except CodecError as exc:
+                        raise BenchError(f"unreadable prediction in {topic}: {exc}") from exc
+                    log_ms.append(appended)
+                    ts.append(prediction.ts)
+                    where = (prediction.partition << 40) | prediction.offset
+                    src.append(where)
+                    seen.add(where)
+        finally:
+            consumer.close()
+        return Predictions(np.array(log_ms, np.int64), np.array(ts, np.int64), np.array(src, np.int64))
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Per prediction read back: broker append time (ms), the event's ts (ms), its source event."""
+
+    log_ms: np.ndarray
+    event_ts: np.ndarray
+    src: np.ndarray  # partition << 40 | offset
+
+    @property
+    def count(self) -> int:
+        return int(self.src.size)
+
+    @property
+    def distinct(self) -> int:
+        return int(np.unique(self.src).size)
+
+    @property
+    def first_ms(self) -> float:
+        return float(self.log_ms.min()) if self.count else float("nan")
+
+    @property
+    def last_ms(self) -> float:
+        return float(self.log_ms.max()) if self.count else float("nan")
+
+    def latency_ms(self) -> np.ndarray:
+        return (self.log_ms - self.event_ts).astype(np.float64)

@@ -1,0 +1,117 @@
+"""Part 4: latency under a fixed load, a share of the drain rate measured just before.
+
+The worker is ready before the first event is sent. The producer paces itself to the rate,
+stamps each event's `ts` when it hands it to the client (linger 1 ms), and the latency of an
+event is its prediction's log-append time minus that `ts`: producer queue, broker, the
+worker's wait for a fuller round (default `--max-delay-ms`), the step and the output producer.
+The first seconds at the rate warm the worker up (its first rounds of each shape, the fetch
+sessions); they are reported apart and not counted in the quantiles.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from worker.bench.kafka_io import BenchKafka, FastProducer, partition_of
+from worker.bench.process import Launcher, wait_predicted
+from worker.bench.stats import percentiles
+from worker.codec import encode_event
+from worker.synthetic import key_name
+
+log = logging.getLogger(__name__)
+PRODUCER_LINGER_MS = 1
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    target_per_s: float
+    seconds: float  # producing, warm-up included
+    sent: int
+    predictions: int
+    distinct: int
+    latency_ms: np.ndarray  # one per prediction of an event after the warm-up
+    warmup_s: float = 0.0
+    warmup_latency_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def achieved_per_s(self) -> float:
+        return self.sent / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def quantiles(self) -> dict[float, float]:
+        return percentiles(self.latency_ms)
+
+    @property
+    def warmup_quantiles(self) -> dict[float, float]:
+        return percentiles(self.warmup_latency_ms)
+
+
+def paced_send(
+    producer: FastProducer, topic: str, keys: int, partitions: int, rate: float, seconds: float, seed: int = 7
+) -> tuple[int, float]:
+    """Events at `rate` per second for `seconds`, keys drawn at random; returns (sent, seconds)."""
+    rng = np.random.default_rng(seed)
+    names = [key_name(k) for k in range(keys)]
+    where = [partition_of(k, partitions) for k in names]
+    chunk = 4096
+    sent, started, done = 0, time.monotonic(), False
+    while not done:
+        picks = rng.integers(0, keys, chunk).tolist()
+        xs = rng.standard_normal((chunk, 4)).astype(np.float32)
+        for j in range(chunk):
+            if j % 16 == 0:
+                elapsed = time.monotonic() - started
+                if elapsed >= seconds:
+                    done = True
+                    break
+                if sent / rate > elapsed:
+                    time.sleep(sent / rate - elapsed)
+                producer.poll()
+            k = picks[j]
+            producer.send(topic, names[k], encode_event(xs[j], ts=int(time.time() * 1000)), where[k])
+            sent += 1
+    elapsed = time.monotonic() - started
+    producer.flush()
+    return sent, elapsed
+
+
+def latency(
+    bench: BenchKafka,
+    launcher: Launcher,
+    rate: float,
+    seconds: float,
+    keys: int,
+    partitions: int,
+    warmup_s: float = 5.0,
+) -> LatencyResult:
+    topic = bench.create(bench.name("latency"), partitions)
+    output = bench.create_output(bench.name("latency-out"), partitions)
+    worker = launcher.start("latency", topic, output, bench.name("latency-group"))
+    try:
+        worker.wait_ready(180)
+        producer = FastProducer(bench.kafka, **{"linger.ms": PRODUCER_LINGER_MS})
+        first_ms = int(time.time() * 1000)
+        sent, produced_s = paced_send(producer, topic, keys, partitions, rate, warmup_s + seconds)
+        wait_predicted([worker], sent, stall_s=60)
+    finally:
+        launcher.stop(worker)
+    predictions = bench.read_predictions(output, partitions, sent)
+    all_ms = predictions.latency_ms()
+    warm = predictions.event_ts < first_ms + warmup_s * 1000
+    result = LatencyResult(
+        rate, produced_s, sent, predictions.count, predictions.distinct, all_ms[~warm], warmup_s, all_ms[warm]
+    )
+    q = result.quantiles
+    log.info(
+        "latency rate=%.0f achieved=%.0f p50=%.1f p99=%.1f p99.9=%.1f ms",
+        rate,
+        result.achieved_per_s,
+        q[50.0],
+        q[99.0],
+        q[99.9],
+    )
+    return result

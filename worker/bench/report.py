@@ -1,0 +1,270 @@
+"""BENCHMARKS.md from one run's results: a section per part, each saying how it was measured and
+on what, the ratios of that run, the issue's targets met or missed (by how much), the plots,
+and a hand-written analysis (`bench/ANALYSIS.md` next to the report) when there is one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from worker.bench.drain import DrainResult
+from worker.bench.latency import PRODUCER_LINGER_MS
+from worker.bench.results import BenchResults, targets
+from worker.bench.stats import shares
+
+ANALYSIS = "bench/ANALYSIS.md"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], right: Sequence[int] = ()) -> list[str]:
+    """A markdown table; columns in `right` are right-aligned."""
+    align = ["---:" if i in right else "---" for i in range(len(headers))]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
+def _context(r: BenchResults) -> str:
+    return f"Command: `{r.command}`. Date: {r.date}. Machine: {r.machine}; load average at the start: {r.load}."
+
+
+def _plot(r: BenchResults, name: str, alt: str) -> list[str]:
+    return ["", f"![{alt}]({r.plots[name]})"] if name in r.plots else []
+
+
+def kernel_section(r: BenchResults) -> list[str]:
+    k = r.kernel
+    lines = [
+        "## 1-2. Step kernel and the source's approaches",
+        "",
+        _context(r),
+        "",
+        "The kernel rows time the streaming twin's batched step (one step of every key of a round)",
+        f"per backend; the worker serves with `{k.backend}`. Events/s at a round size is the ceiling",
+        f"of a worker whose rounds are that large. Model: 4 -> LSTM 100 -> LSTM 200 -> Dense 1 ({k.flops:,}",
+        "FLOPs per event).",
+        "",
+    ]
+    rows: list[tuple[object, ...]] = [
+        (b, size, f"{s * 1e6:,.0f}", f"{size / s:,.0f}", f"{size * k.flops / s / 1e9:.1f}") for b, size, s in k.sweep
+    ]
+    lines += table(["backend", "keys per round", "µs per round", "events/s", "GFLOP/s"], rows, right=(1, 2, 3, 4))
+    lines += _plot(r, "kernel", "kernel events/s per round size and backend, drain marked")
+    drain = r.drain.events_per_s if r.drain else float("nan")
+    events = k.baselines[0].events if k.baselines else 0
+    lines += [
+        "",
+        f"One key's {events} events, one at a time as the source blog did; each approach checked against",
+        "the full history (1e-5) before its time counts:",
+        "",
+    ]
+    rows = [
+        (t.name, f"{t.events_per_s:,.1f}", f"{k.best_events_per_s / t.events_per_s:,.0f}x", _x(drain, t.events_per_s))
+        for t in k.baselines
+    ]
+    lines += table(
+        ["approach", "events/s", "kernel's best round vs it", "one worker's end-to-end drain vs it"], rows, (1, 2, 3)
+    )
+    return lines
+
+
+def _x(numerator: float, denominator: float) -> str:
+    return "-" if numerator != numerator or not denominator else f"{numerator / denominator:,.0f}x"
+
+
+def drain_section(r: BenchResults) -> list[str]:
+    d, p = r.drain, r.drain_input
+    if d is None or p is None:
+        return []
+    kernel = r.kernel_at_drain
+    lines = [
+        "## 3. End-to-end drain",
+        "",
+        _context(r),
+        "",
+        f"{d.events:,} events over {d.keys:,} keys on {d.partitions} partitions, pre-loaded into a fresh input",
+        f"topic ({p.per_s:,.0f} events/s produced: raw float32 values, batched producer); then one worker",
+        "(`python -m worker run`, default settings) drains it. Events/s from the first to the last",
+        "prediction's log-append time; round sizes from `lstm_worker_round_keys`, time shares from",
+        "`lstm_worker_busy_seconds_total` between the worker's readiness and its last prediction.",
+        "",
+    ]
+    lines += table(["measure", "value"], [*_drain_rows(d), _kernel_row(r, kernel), _ratio_row(d, kernel)], (1,))
+    lines += ["", "Share of the worker loop's time per phase:", ""]
+    lines += _phase_table({"one worker": d.busy_s} | ({"two workers": r.scaling.busy_s} if r.scaling else {}))
+    lines += _plot(r, "phases", "share of the loop's time per phase")
+    return lines
+
+
+def _drain_rows(d: DrainResult) -> list[tuple[str, str]]:
+    return [
+        ("events/s (first to last prediction)", f"{d.events_per_s:,.0f}"),
+        ("seconds, first to last prediction", f"{d.seconds:.1f}"),
+        ("events predicted / predictions / duplicates", f"{d.distinct:,} / {d.predictions:,} / {d.duplicates:,}"),
+        ("start to ready (s); ready to all predicted (s, polled at 5 Hz)", f"{d.start_to_ready_s:.1f}; {d.wall_s:.1f}"),
+        ("rounds; mean keys per round; mean steps per round", f"{d.rounds:,}; {d.round_keys:.1f}; {d.round_steps:.1f}"),
+        ("worker CPU (cores, ready to done)", f"{d.cpu_cores:.2f}"),
+        ("whole machine CPU meanwhile (cores: broker, benchmark, others)", f"{d.machine_cores:.2f}"),
+    ]
+
+
+def _kernel_row(r: BenchResults, kernel: float) -> tuple[str, str]:
+    return (
+        f"step kernel ({r.kernel.backend}) at {r.drain.round_keys if r.drain else 0:.0f} keys per round",
+        f"{kernel:,.0f} events/s",
+    )
+
+
+def _ratio_row(d: DrainResult, kernel: float) -> tuple[str, str]:
+    return ("drain / kernel at that round size", f"{d.events_per_s / kernel:.2f}")
+
+
+def _phase_table(runs: dict[str, dict[str, float]]) -> list[str]:
+    phases = sorted({p for busy in runs.values() for p in busy}, key=lambda p: -max(b.get(p, 0) for b in runs.values()))
+    cols = {name: shares(busy) for name, busy in runs.items()}
+    rows = [
+        (phase, *(f"{cols[n].get(phase, 0) * 100:.1f}% ({runs[n].get(phase, 0):.1f} s)" for n in runs))
+        for phase in phases
+    ]
+    return table(["phase", *runs], rows, right=tuple(range(1, len(runs) + 1)))
+
+
+def latency_section(r: BenchResults) -> list[str]:
+    lat = r.latency
+    if lat is None:
+        return []
+    q, w = lat.quantiles, lat.warmup_quantiles
+    lines = [
+        "## 4. Latency under load",
+        "",
+        _context(r),
+        "",
+        f"A producer at {lat.target_per_s:,.0f} events/s (50% of the drain rate above) for {lat.seconds:.0f} s into a",
+        "fresh topic, the worker ready before the first event, default `--max-delay-ms`. Latency = the",
+        "prediction's log-append time - the event's `ts` (set when handed to the producer,",
+        f"`linger.ms` {PRODUCER_LINGER_MS}). The events of the first {lat.warmup_s:g} s warm the worker up: they are",
+        "shown apart and not counted in the quantiles.",
+        "",
+    ]
+    rows = [
+        ("achieved rate (events/s)", f"{lat.achieved_per_s:,.0f}"),
+        ("events / predicted (warm-up included)", f"{lat.sent:,} / {lat.distinct:,}"),
+        ("events counted (after the warm-up)", f"{lat.latency_ms.size:,}"),
+        ("p50 (ms)", f"{q[50.0]:.1f}"),
+        ("p99 (ms)", f"{q[99.0]:.1f}"),
+        ("p99.9 (ms)", f"{q[99.9]:.1f}"),
+        ("max (ms)", f"{float(lat.latency_ms.max()) if lat.latency_ms.size else float('nan'):.1f}"),
+        (f"warm-up, first {lat.warmup_s:g} s: p50 / p99 (ms)", f"{w[50.0]:.1f} / {w[99.0]:.1f}"),
+    ]
+    return lines + table(["measure", "value"], rows, (1,)) + _plot(r, "latency", "latency distribution")
+
+
+def state_section(r: BenchResults) -> list[str]:
+    s = r.state
+    if s is None:
+        return []
+    lines = [
+        "## 5. State: restore, memory per key, cold misses",
+        "",
+        _context(r),
+        "",
+        f"{s.keys:,} state records of the reference model (600 float32: h, c of 100 and 200) written to a",
+        f"{s.partitions}-partition state topic ({s.written.per_s:,.0f} records/s), then a worker with",
+        f"`--cache-keys {s.keys}` started on its input topic: start to `/readyz` 200, the worker's restore",
+        "counters, its RSS with every key resident against an idle worker with the same settings and no",
+        f"key. Then a worker with `--cache-keys {s.cold_cache_keys}` served {s.cold_events:,} events, one per key, the",
+        f"keys spread over all {s.keys:,} (misses are read back from the state topic by offset).",
+        "",
+    ]
+    rows = [
+        ("start to ready (s)", f"{s.start_to_ready_s:.1f}"),
+        ("restore: records / seconds (lstm_worker_restore_*)", f"{s.restore_records:,} / {s.restore_seconds:.1f}"),
+        ("restore rate (records/s)", f"{s.restore_per_s:,.0f}"),
+        ("RSS idle / with keys resident (MiB)", f"{s.idle_rss / 2**20:,.0f} / {s.full_rss / 2**20:,.0f}"),
+        ("keys resident (lstm_worker_cache_keys)", f"{s.resident_keys:,}"),
+        ("RSS per resident key (bytes)", f"{s.bytes_per_key:,.0f}"),
+        ("raw state per key (bytes); RSS per key / raw", f"{s.raw_bytes_per_key:,}; {s.vs_raw:.2f}"),
+        ("cold misses / lookups in the window", f"{s.cold_misses:,} / {s.cold_lookups:,}"),
+        ("cold misses served per second", f"{s.misses_per_s:,.0f}"),
+    ]
+    return lines + table(["measure", "value"], rows, (1,))
+
+
+def scaling_section(r: BenchResults) -> list[str]:
+    one, two = r.drain, r.scaling
+    if one is None or two is None:
+        return []
+    lines = [
+        "## 6. Scaling: two workers against one",
+        "",
+        _context(r),
+        "",
+        "The same pre-loaded topic drained again by two worker processes in a fresh group (fresh",
+        "output and state topics), started together; both on this machine's cores with the broker.",
+        "",
+    ]
+    rows = [
+        ("workers", 1, 2),
+        ("events/s (first to last prediction)", f"{one.events_per_s:,.0f}", f"{two.events_per_s:,.0f}"),
+        ("predictions per worker", _join(one.per_worker), _join(two.per_worker)),
+        ("duplicates (at least once, rebalance)", f"{one.duplicates:,}", f"{two.duplicates:,}"),
+        ("mean keys per round", f"{one.round_keys:.1f}", f"{two.round_keys:.1f}"),
+        ("workers' CPU (cores)", f"{one.cpu_cores:.2f}", f"{two.cpu_cores:.2f}"),
+        ("whole machine CPU (cores)", f"{one.machine_cores:.2f}", f"{two.machine_cores:.2f}"),
+    ]
+    lines += table(["measure", "one worker", "two workers"], rows, (1, 2))
+    return [*lines, "", f"Two workers / one: **{two.events_per_s / one.events_per_s:.2f}x**."]
+
+
+def _join(values: list[int]) -> str:
+    return " + ".join(f"{v:,}" for v in values)
+
+
+def targets_section(r: BenchResults) -> list[str]:
+    rows = [(t.what, t.shown(), t.verdict()) for t in targets(r)]
+    return [
+        "## Targets of the benchmark issue",
+        "",
+        _context(r),
+        "",
+        "Measured in this run (never asserted in tests); ratios are of figures of this same run.",
+        "",
+        *table(["target", "measured", "verdict"], rows, (1,)),
+    ]
+
+
+def analysis_section(analysis: str | None) -> list[str]:
+    if analysis is None:
+        return [
+            "## Analysis",
+            "",
+            f"<!-- analysis: write {ANALYSIS} (what bounds each missed target: profile, line) and the next",
+            "`make bench` includes it here -->",
+            f"No analysis yet: `{ANALYSIS}` does not exist.",
+        ]
+    return ["## Analysis", "", f"From `{ANALYSIS}`, written by hand (not by this run):", "", analysis.strip()]
+
+
+def _errors(r: BenchResults) -> list[str]:
+    if not r.errors:
+        return []
+    lines = ["## Parts that failed in this run", "", "Their sections are missing; the worker logs say more.", ""]
+    return lines + [f"- {part}: `{why.splitlines()[0][:300]}`" for part, why in r.errors.items()]
+
+
+def render(r: BenchResults, analysis: str | None = None) -> str:
+    parts = [
+        [
+            "# Benchmarks",
+            "",
+            "Written by `make bench` (`lstm-worker bench`); every figure below is from the one run that",
+            f"wrote this file ({r.wall_s / 60:.1f} minutes), on one machine, against a real local Kafka broker.",
+        ],
+        _errors(r),
+        targets_section(r) if r.drain_input else ["Parts 3-6 (Kafka) were not run: `--skip-kafka`."],
+        kernel_section(r),
+        drain_section(r),
+        latency_section(r),
+        state_section(r),
+        scaling_section(r),
+        analysis_section(analysis),
+    ]
+    return "\n\n".join("\n".join(p) for p in parts if p) + "\n"

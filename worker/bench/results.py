@@ -1,0 +1,77 @@
+"""What one run measured (`BenchResults`), where it ran, and the benchmark issue's targets
+against it: the figures that the report and the plots are made of."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import TYPE_CHECKING
+
+from worker.bench.drain import DrainResult
+from worker.bench.kafka_io import Produced
+from worker.bench.latency import LatencyResult
+from worker.bench.state import StateResult
+from worker.bench.stats import Target, kernel_rate_at
+
+if TYPE_CHECKING:
+    from worker.bench.kernel import KernelResult
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        tf = metadata.version("tensorflow")
+    except metadata.PackageNotFoundError:
+        tf = "?"
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, TensorFlow {tf}"
+
+
+@dataclass
+class BenchResults:
+    command: str
+    date: str
+    machine: str
+    load: str  # load average when the run started
+    kernel: KernelResult
+    drain_input: Produced | None = None
+    drain: DrainResult | None = None
+    scaling: DrainResult | None = None
+    latency: LatencyResult | None = None
+    state: StateResult | None = None
+    plots: dict[str, str] = field(default_factory=dict)  # plot name -> path relative to the report
+    errors: dict[str, str] = field(default_factory=dict)  # part -> why it failed
+    wall_s: float = 0.0
+
+    @property
+    def kernel_at_drain(self) -> float:
+        """The worker's backend's kernel events/s at the drain's mean round size."""
+        if self.drain is None:
+            return float("nan")
+        return kernel_rate_at(self.kernel.sweep, self.kernel.backend, self.drain.round_keys)
+
+
+def targets(r: BenchResults) -> list[Target]:
+    nan = float("nan")
+    d, s, lat = r.drain, r.state, r.latency
+    drain = d.events_per_s if d else nan
+    classic, single = r.kernel.baseline("classic"), r.kernel.baseline("one compiled step")
+    per_million = s.idle_rss + s.bytes_per_key * 1_000_000 if s else nan
+    return [
+        Target(
+            "drain >= 50% of the step kernel at the same mean round size", drain / r.kernel_at_drain, 0.5, unit="share"
+        ),
+        Target("one worker's drain >= 40,000 events/s", drain, 40_000, unit="events/s"),
+        Target("drain >= 500x the source's full-history approach", drain / classic.events_per_s, 500, unit="x"),
+        Target("drain >= 50x the per-event single-step call", drain / single.events_per_s, 50, unit="x"),
+        Target("p99 latency <= 50 ms at 50% load", lat.quantiles[99.0] if lat else nan, 50, False, "ms"),
+        Target("resident state <= 1.3x its raw bytes per key", s.vs_raw if s else nan, 1.3, False, "x"),
+        Target("1M keys in <= 3.5 GB RSS (idle + per key x 1M)", per_million / 1e9, 3.5, False, "GB"),
+        Target("restore >= 100,000 state records/s", s.restore_per_s if s else nan, 100_000, unit="records/s"),
+    ]

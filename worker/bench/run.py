@@ -1,0 +1,197 @@
+"""One benchmark run, in order: kernel and baselines (no Kafka, quiet machine), drain by one worker,
+by two, latency at half the drain rate, state; then the plots and BENCHMARKS.md.
+
+Every topic the run makes is deleted at its end; worker logs stay under `<workdir>/logs/<run>/`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker.bench.drain import DrainResult, drain, preload
+from worker.bench.kafka_io import BenchError, BenchKafka
+from worker.bench.latency import latency
+from worker.bench.process import Launcher
+from worker.bench.report import ANALYSIS, render
+from worker.bench.results import BenchResults, machine
+from worker.bench.state import state
+from worker.config import KafkaConfig
+
+log = logging.getLogger(__name__)
+LOAD_SHARE = 0.5  # of the one-worker drain rate, for the latency part
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    out: str = "BENCHMARKS.md"
+    events: int = 200
+    min_seconds: float = 1.0
+    drain_events: int = 1_000_000
+    drain_keys: int = 10_000
+    partitions: int = 12
+    latency_seconds: float = 60.0
+    state_keys: int = 1_000_000
+    cold_cache_keys: int = 10_000
+    skip_kafka: bool = False
+    workdir: str = ".cache/bench"
+
+    def command(self, bootstrap: str | None) -> str:
+        words = [
+            "lstm-worker bench",
+            f"--out {self.out}",
+            f"--events {self.events}",
+            f"--min-seconds {self.min_seconds:g}",
+        ]
+        if self.skip_kafka or bootstrap is None:
+            return " ".join([*words, "--skip-kafka"])
+        return " ".join(
+            [
+                *words,
+                f"--bootstrap-servers {bootstrap}",
+                f"--drain-events {self.drain_events}",
+                f"--drain-keys {self.drain_keys}",
+                f"--partitions {self.partitions}",
+                f"--latency-seconds {self.latency_seconds:g}",
+                f"--state-keys {self.state_keys}",
+                f"--cold-cache-keys {self.cold_cache_keys}",
+            ]
+        )
+
+
+def run_benchmarks(options: BenchOptions, kafka: KafkaConfig | None) -> BenchResults:
+    from worker.bench.kernel import measure_kernel
+
+    started = time.monotonic()
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    log.info("bench: parts 1-2, step kernel sweep and the source's baselines (load average %s)", load)
+    results = BenchResults(
+        command=options.command(None if kafka is None else kafka.bootstrap_servers),
+        date=time.strftime("%Y-%m-%d %H:%M %Z"),
+        machine=machine(),
+        load=load,
+        kernel=measure_kernel(options.min_seconds, options.events),
+    )
+    if kafka is not None and not options.skip_kafka:
+        kafka_parts(results, options, kafka)
+    results.wall_s = time.monotonic() - started
+    return results
+
+
+def reference_model(workdir: Path) -> tuple[Path, str, list[int]]:
+    """The reference model as `make-model` writes it; its fingerprint and state layout as the worker sees them."""
+    from worker.model import StreamingTwin, fingerprint, load_model
+    from worker.model.reference import make_reference_model, save_model
+
+    path = workdir / "reference.keras"
+    save_model(make_reference_model(features=4, units=(100, 200), seed=0), str(path))
+    model = load_model(str(path))
+    return path, fingerprint(model), StreamingTwin.from_model(model).state_sizes
+
+
+def kafka_parts(results: BenchResults, options: BenchOptions, kafka: KafkaConfig) -> None:
+    """Parts 3-6 against the broker of `kafka`, into `results`. A part that fails is recorded in
+    `results.errors` and the next ones still run (each but the latency part stands alone)."""
+    run = time.strftime("%Y%m%d-%H%M%S")
+    workdir = Path(options.workdir)
+    logs = workdir / "logs" / run
+    logs.mkdir(parents=True, exist_ok=True)
+    model_path, fp, sizes = reference_model(workdir)
+    bench, launcher = BenchKafka(kafka, run), Launcher(kafka, model_path, logs)
+
+    def part(name: str, measure: Callable[[], None]) -> None:
+        try:
+            measure()
+        except Exception as exc:  # recorded in the report, raised at its end: the other parts still count
+            log.exception("bench: %s failed (worker logs under %s)", name, logs)
+            results.errors[name] = f"{type(exc).__name__}: {exc}"
+        finally:
+            launcher.stop_all()
+
+    try:
+        log.info("bench: part 3, pre-loading %d events over %d keys", options.drain_events, options.drain_keys)
+        data = preload(bench, options.drain_events, options.drain_keys, options.partitions)
+        results.drain_input = data.produced
+
+        def one() -> None:
+            results.drain = _checked(drain(bench, launcher, data, workers=1))
+
+        def two() -> None:
+            results.scaling = _checked(drain(bench, launcher, data, workers=2))
+
+        def load() -> None:
+            if results.drain is None:
+                raise BenchError("no drain rate to take half of")
+            rate = LOAD_SHARE * results.drain.events_per_s
+            log.info("bench: part 4, latency at %.0f events/s for %.0f s", rate, options.latency_seconds)
+            results.latency = latency(
+                bench, launcher, rate, options.latency_seconds, options.drain_keys, options.partitions
+            )
+
+        def states() -> None:
+            log.info("bench: part 5, state of %d keys", options.state_keys)
+            results.state = state(
+                bench, launcher, options.state_keys, options.partitions, sizes, fp, options.cold_cache_keys
+            )
+
+        part("3. drain", one)
+        log.info("bench: part 6, two workers on the same topic")
+        part("6. scaling", two)
+        part("4. latency", load)
+        part("5. state", states)
+    finally:
+        launcher.stop_all()
+        bench.delete_all()
+
+
+def _checked(result: DrainResult) -> DrainResult:
+    if result.missing:
+        log.warning("drain workers=%d: %d events without a prediction", result.workers, result.missing)
+    return result
+
+
+def draw_plots(results: BenchResults, out_dir: Path) -> dict[str, str]:
+    """PNGs under `<out_dir>/bench/`; name -> path relative to the report. None without matplotlib."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log.warning("no plots: matplotlib is missing (pip install 'lstm-stream-worker[demo]')")
+        return {}
+    from worker.bench.plots import kernel_plot, latency_plot, phases_plot
+
+    (out_dir / "bench").mkdir(parents=True, exist_ok=True)
+    k, plots = results.kernel, {"kernel": "bench/kernel.png"}
+    drains = {}
+    if results.drain:
+        drains["one worker"] = (results.drain.round_keys, results.drain.events_per_s)
+    if results.scaling:
+        drains["two workers"] = (results.scaling.round_keys, results.scaling.events_per_s)
+    kernel_plot(out_dir / plots["kernel"], k.sweep, drains, k.flops)
+    if results.latency:
+        plots["latency"] = "bench/latency.png"
+        lat = results.latency
+        latency_plot(out_dir / plots["latency"], lat.latency_ms, lat.target_per_s, lat.warmup_latency_ms)
+    if results.drain:
+        plots["phases"] = "bench/phases.png"
+        runs = {"one worker": results.drain.busy_s} | (
+            {"two workers": results.scaling.busy_s} if results.scaling else {}
+        )
+        phases_plot(out_dir / plots["phases"], runs)
+    return plots
+
+
+def write_benchmarks(options: BenchOptions, kafka: KafkaConfig | None = None) -> BenchResults:
+    """Run everything and write the report (and its PNGs next to it)."""
+    results = run_benchmarks(options, kafka)
+    out = Path(options.out)
+    results.plots = draw_plots(results, out.parent)
+    analysis_path = out.parent / ANALYSIS
+    analysis = analysis_path.read_text() if analysis_path.exists() else None
+    out.write_text(render(results, analysis))
+    if results.errors:
+        raise BenchError(f"{out} written, but these parts failed: {'; '.join(results.errors)}")
+    return results

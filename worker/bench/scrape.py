@@ -1,0 +1,77 @@
+"""Readings of a running worker from outside: its Prometheus text, and /proc (RSS, CPU time).
+
+Parsing is kept apart from reading so that it can be tested on fixed text.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text: str) -> Samples:
+    """Prometheus text exposition -> {(name, sorted labels): value}; comments are skipped."""
+    samples: Samples = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line)
+        if match is None:
+            continue
+        name, labels, value = match.groups()
+        samples[(name, tuple(sorted(_LABEL.findall(labels or ""))))] = float(value)
+    return samples
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float:
+    """One sample's value, 0 when absent (a counter not incremented yet)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def by_label(samples: Samples, name: str, label: str) -> dict[str, float]:
+    """Every sample of `name`, keyed by the value of `label`."""
+    return {dict(labels)[label]: value for (n, labels), value in samples.items() if n == name and label in dict(labels)}
+
+
+def parse_vm_rss(status: str) -> int:
+    """Bytes of `VmRSS` in the text of /proc/<pid>/status."""
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            number, unit = line.split()[1:3]
+            if unit.lower() != "kb":
+                raise ValueError(f"unexpected VmRSS unit {unit!r}")
+            return int(number) * 1024
+    raise ValueError("no VmRSS line (has the process exited?)")
+
+
+def parse_cpu_ticks(stat: str) -> int:
+    """utime + stime (clock ticks) from the text of /proc/<pid>/stat (the name may hold spaces)."""
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5), counted after the name
+
+
+def parse_machine_ticks(stat: str) -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs from the text of /proc/stat."""
+    values = [int(v) for v in stat.splitlines()[0].split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return parse_vm_rss(status.read())
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        return parse_cpu_ticks(stat.read()) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_ticks() -> tuple[int, int]:
+    with open("/proc/stat") as stat:
+        return parse_machine_ticks(stat.read())
