@@ -89,6 +89,7 @@ class Worker:
         self._next_expiry = 0.0
         self._commit_in_flight = False
         self._stopping = False
+        self._failed = False
         self._joined = False
         self.rounds.warm_up()
 
@@ -149,6 +150,9 @@ class Worker:
                     next_commit = time.monotonic() + cfg.commit_interval_ms / 1000.0
                     clock.lap("commit")
             self._commit_point(wait=True)
+        except BaseException:
+            self._failed = True  # leaving the group must not commit past what failed
+            raise
         finally:
             self.consumer.close()
             self.store.reader.close()
@@ -200,7 +204,8 @@ class Worker:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Commit what was processed, then forget the partitions' keys and pending events."""
-        self._commit_point(wait=True)
+        if not self._failed:
+            self._commit_point(wait=True)
         self._forget({tp.partition for tp in partitions})
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -360,6 +365,8 @@ class Worker:
         except (KafkaException, KafkaDeliveryError) as exc:
             self.metrics.commit_failures.inc()
             self._abort(str(exc))
+            if isinstance(exc, KafkaDeliveryError) and exc.permanent:
+                raise  # replaying would fail the same way: stop, nothing of it committed
             return
         self._committed.update({tp.partition: tp.offset for tp in changed})
         self.producer.begin()

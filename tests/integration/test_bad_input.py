@@ -8,10 +8,11 @@ import math
 import msgpack
 import numpy as np
 import pytest
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from tests.integration.kafka_io import metric, produce, read_all
-from worker.codec import encode_event
+from worker.codec import decode_prediction, encode_event
 from worker.kafka.topics import create_topic
 from worker.verify import verify
 
@@ -84,3 +85,55 @@ def test_bad_records_go_to_dead_letters_and_metrics_count_everything(kafka, topi
     assert metric(text, "lstm_worker_latency_seconds_count") == KEYS * EVENTS
     assert worker.get("/healthz")[0] == 200 and worker.get("/readyz")[0] == 200
     assert worker.stop() == 0
+
+
+def _committed(kafka, topics, partitions: int) -> list[int]:
+    consumer = Consumer(kafka.consumer(f"group-{topics.input}"))
+    try:
+        return [
+            tp.offset for tp in consumer.committed([TopicPartition(topics.input, p) for p in range(partitions)], 30)
+        ]
+    finally:
+        consumer.close()
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once_v2"])
+def test_a_dead_letter_that_cannot_be_written_stops_the_worker_without_committing_past_it(
+    kafka, topics, model_file, start_worker, guarantee
+):
+    """The dead-letter topic refuses the record (larger than its max.message.bytes): the worker
+    stops with the reason instead of committing past it; once the topic is fixed, a restart
+    writes the dead letter and predicts every event, nothing lost."""
+    model = model_file("lstm", (16, 8))
+    admin = AdminClient(kafka.admin())
+    create_topic(admin, topics.input, 1)
+    create_topic(admin, topics.dlq, 1, {"max.message.bytes": "1000"})
+    rng = np.random.default_rng(9)
+    good = [encode_event(rng.standard_normal(4).astype(np.float32)) for _ in range(10)]
+    bad = msgpack.packb({"x": rng.bytes(3000)})  # wrong shape, and incompressible
+    produce(kafka, topics.input, [(b"k", v) for v in good[:5]] + [(b"bad", bad)] + [(b"k", v) for v in good[5:]])
+    bad_offset = 5
+
+    first = start_worker(model, topics, "--processing-guarantee", guarantee)
+    code = first.proc.wait(120)
+    log = first.log()
+    assert code == 2, log
+    assert f"delivery to topic '{topics.dlq}' failed" in log and "Message size too large" in log, log
+    assert all(offset <= bad_offset for offset in _committed(kafka, topics, 1)), log
+    if guarantee == "exactly_once_v2":  # nothing past the committed offsets is visible
+        assert all(decode_prediction(r.value).offset < bad_offset for r in read_all(kafka, topics.output))
+        return
+
+    fixed = ConfigResource(
+        "topic",
+        topics.dlq,
+        incremental_configs=[ConfigEntry("max.message.bytes", "1048588", incremental_operation=AlterConfigOpType.SET)],
+    )
+    admin.incremental_alter_configs([fixed])[fixed].result(30)
+    second = start_worker(model, topics)
+    second.wait_ready()
+    report = verify(kafka, model_path=str(model), input_topic=topics.input, output_topic=topics.output, timeout_s=30)
+    assert report.ok and report.events == 10, report.summary()
+    dead = read_all(kafka, topics.dlq)
+    assert [(r.key, r.value, r.headers["error"]) for r in dead] == [(b"bad", bad, b"shape")]
+    assert second.stop() == 0

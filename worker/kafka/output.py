@@ -24,6 +24,21 @@ def position(msg: Message) -> tuple[int, int]:
     return cast(int, msg.partition()), cast(int, msg.offset())
 
 
+# Delivery errors that retrying the same record cannot cure (librdkafka retries the others
+# by itself: without limit in at-least-once mode, until the transaction times out otherwise).
+_PERMANENT = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError.POLICY_VIOLATION,
+    }
+)
+
 StateDelivered = Callable[[int, bytes, int, bool], None]  # partition, key, offset, tombstone
 
 
@@ -40,8 +55,8 @@ class OutputProducer:
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
-            if self._failure is None:
-                self._failure = KafkaDeliveryError(msg.topic() or "?", err)
+            if self._failure is None or (not self._failure.permanent and err.code() in _PERMANENT):
+                self._failure = KafkaDeliveryError(msg.topic() or "?", err, permanent=err.code() in _PERMANENT)
             return
         if self._on_state_delivered is not None and msg.topic() == self._state_topic:
             partition, offset = position(msg)
@@ -62,11 +77,23 @@ class OutputProducer:
                 return
             except BufferError:  # local queue full: let deliveries drain it
                 self._producer.poll(0.05)
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.code() == KafkaError._STATE:  # the open transaction failed: the reports say why
+                    self._producer.poll(0)
+                    self._failure = self._failure or KafkaDeliveryError(topic, error)
+                    if not self._failure.permanent:
+                        return  # the commit aborts the transaction and its records are replayed
+                else:  # refused before sending (larger than message.max.bytes, say)
+                    self._failure = KafkaDeliveryError(topic, error, permanent=error.code() in _PERMANENT)
+                raise self._failure from exc
 
     def poll(self) -> None:
-        """Serve delivery callbacks without blocking."""
+        """Serve delivery callbacks without blocking; a permanent failure stops the caller at
+        once, other failures surface at the next flush or transaction commit."""
         self._producer.poll(0)
-        self._raise_failure()
+        if self._failure is not None and self._failure.permanent:
+            raise self._failure
 
     def flush(self) -> None:
         """Block until every produced record is acknowledged, however long the broker is away."""
@@ -79,8 +106,11 @@ class OutputProducer:
         self._raise_failure()
 
     def _raise_failure(self) -> None:
+        """A permanent failure stays latched: no later flush may pass as if it had not happened."""
         if self._failure is not None:
-            failure, self._failure = self._failure, None
+            failure = self._failure
+            if not failure.permanent:
+                self._failure = None
             raise failure
 
     # -- transactions (processing_guarantee=exactly_once_v2) ---------------------------
