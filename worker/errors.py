@@ -27,13 +27,36 @@ class CodecError(WorkerError):
 
 
 class KafkaDeliveryError(WorkerError):
-    """A produce failed for good; carries the KafkaError so callers can tell retriable from fatal."""
+    """A produce failed for good; carries the KafkaError so callers can tell retriable from fatal.
 
-    def __init__(self, topic: str, kafka_error: Any) -> None:
-        super().__init__(f"delivery to topic {topic!r} failed: {kafka_error}")
+    `permanent`: producing the same record again would fail the same way (too large for the
+    topic, not authorized, no such topic), so the worker must stop rather than commit past it.
+    """
+
+    def __init__(self, topic: str, kafka_error: Any, permanent: bool = False) -> None:
+        hint = (
+            "; the worker stops without committing past the record: fix the topic (its max.message.bytes, "
+            "the worker's ACLs, its existence) and restart, the record is produced again"
+            if permanent
+            else ""
+        )
+        super().__init__(f"delivery to topic {topic!r} failed: {kafka_error}{hint}")
         self.topic = topic
         self.kafka_error = kafka_error
+        self.permanent = permanent
 
 
 class TopicError(WorkerError):
     """A topic is missing, cannot be created, or is not laid out as the worker needs."""
+
+
+class ClusterError(WorkerError):
+    """Kafka cannot be reached at start (wrong address, listener or security protocol)."""
+
+
+class AuthError(ClusterError):
+    """The cluster refused the worker's credentials (SASL) or its TLS handshake failed."""
+
+
+class AccessError(WorkerError):
+    """An ACL the worker needs is missing; the message names the resource and the operation."""
