@@ -1,8 +1,8 @@
 """Wire formats (version 1): events, predictions, state records and dead letters.
 
 All values are msgpack maps; DESIGN.md is the contract. Decoding is bounded by the
-record's own size (msgpack's unpackb never allocates beyond it) and refuses any type
-it does not expect, so a hostile record costs one CodecError, never the worker.
+record's own size and fixed container limits, and refuses any type it does not expect,
+so a hostile record costs one CodecError, never the worker.
 """
 
 from __future__ import annotations
@@ -44,9 +44,34 @@ class StateRecord:
     state: np.ndarray
 
 
-def _unpack_map(value: bytes) -> dict[Any, Any]:
+# Container limits of every decode. msgpack allocates an array's list as soon as it reads the
+# header, so a 3-byte header claiming 65,535 items costs 512 KB, a thousand of them nested
+# 500 MB. Maps hold at most MAX_MAP_LEN pairs and arrays only a few more items than the
+# record needs (strings and bins stay within the record, which msgpack enforces), nesting
+# stops at msgpack's stack limit and extension types are refused: a hostile record allocates
+# at most a few hundred bytes per byte of itself (itself capped by --max-event-bytes).
+MAX_MAP_LEN = 16
+_ARRAY_SLACK = 8  # items beyond what a record needs: a slightly wrong length is a `shape` error
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise CodecError("type", f"msgpack extension type {code} is not accepted")
+
+
+def _unpack_map(value: bytes, items: int) -> dict[Any, Any]:
+    """The record's map; `items` is the longest array the record may legitimately hold."""
     try:
-        obj = msgpack.unpackb(value, raw=False, strict_map_key=True, use_list=True)
+        obj = msgpack.unpackb(
+            value,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_map_len=MAX_MAP_LEN,
+            max_array_len=items + _ARRAY_SLACK,
+            ext_hook=_refuse_ext,
+        )
+    except CodecError:
+        raise
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise CodecError("decode", f"not valid msgpack: {type(exc).__name__}: {exc}") from exc
     if not isinstance(obj, dict):
@@ -87,7 +112,7 @@ def decode_event(
         raise CodecError("decode", "value is empty (null)")
     if len(value) > max_bytes:
         raise CodecError("too_large", f"value has {len(value)} bytes, the limit is {max_bytes}")
-    obj = _unpack_map(value)
+    obj = _unpack_map(value, features)
     if "x" not in obj:
         raise CodecError("missing_field", "the event has no 'x'")
     unknown = obj.keys() - _EVENT_KEYS
@@ -251,7 +276,7 @@ class Prediction:
 
 def decode_prediction(value: bytes | None) -> Prediction:
     """Downstream side (verify, tests): the prediction of one event."""
-    obj = _unpack_map(value or b"")
+    obj = _unpack_map(value or b"", len(value or b""))  # a reader's tool: y may be any length
     y, src = obj.get("y"), obj.get("src")
     if not isinstance(y, list) or not isinstance(src, list) or len(src) != 2:
         raise CodecError("type", "a prediction needs 'y' and 'src' [partition, offset] lists")
@@ -285,7 +310,7 @@ def decode_state(value: bytes, sizes: list[int]) -> StateRecord:
 
     On the restore path for every record, so the checks are few and flat.
     """
-    obj = _unpack_map(value)
+    obj = _unpack_map(value, len(sizes))
     version = obj.get("v")
     if type(version) is not int or version != WIRE_VERSION:
         raise CodecError("version", f"state record version {version!r}, this worker reads {WIRE_VERSION}")

@@ -6,6 +6,7 @@ nothing else: a hostile record may cost one dead letter, never the worker.
 
 import contextlib
 import math
+import tracemalloc
 
 import msgpack
 import numpy as np
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from worker.codec import (
+    MAX_MAP_LEN,
     WIRE_VERSION,
     EventDecoder,
     Prediction,
@@ -279,6 +281,41 @@ def test_encode_event_wire_layout():
         "reset": True,
         "end": True,
     }
+
+
+# --- events: limits -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        pytest.param(b"\xdd\xff\xff\xff\xff", "decode", id="array32-claims-4G-items"),
+        pytest.param(b"\xdf\xff\xff\xff\xff", "decode", id="map32-claims-4G-pairs"),
+        pytest.param(b"\xc6\xff\xff\xff\xff", "decode", id="bin32-claims-4GB"),
+        pytest.param(b"\xdb\xff\xff\xff\xff", "decode", id="str32-claims-4GB"),
+        pytest.param(b"\x81\xa1x" + b"\x91" * 100_000 + b"\xc0", "decode", id="nested-100k-deep"),
+        pytest.param(b"\x81\xa1x" + b"\xdc\xff\xff" * 1000, "decode", id="nested-headers-claiming-64k-items"),
+        pytest.param(pack({"x": [0] * 100}), "decode", id="array-far-over-features"),
+        pytest.param(pack({f"k{i}": 0 for i in range(MAX_MAP_LEN + 1)}), "decode", id="map-over-limit"),
+        pytest.param(pack(msgpack.ExtType(1, b"\x00" * 16)), "type", id="ext-at-top"),
+        pytest.param(pack({"x": [0, 0, 0, 0], "ts": msgpack.Timestamp(1, 0)}), "type", id="timestamp-ext"),
+    ],
+)
+def test_hostile_containers_are_refused_cheaply(value, reason):
+    assert reason_of(value, max_bytes=1 << 30) == reason
+
+
+@PROPERTY
+@given(st.binary(min_size=1, max_size=4096))
+def test_decoding_allocates_in_proportion_to_the_record(value):
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(CodecError):
+            decode(value, max_bytes=1 << 20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak <= 256 * len(value) + 64 * 1024
 
 
 # --- events: the batch decoder ----------------------------------------------------------------

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from worker.errors import ConfigError, ModelError
-from worker.model import fingerprint, load_model, make_reference_model, save_model
+from worker.model import check_features, fingerprint, load_model, make_reference_model, save_model
 
 
 def _small(seed: int = 0) -> keras.Model:
@@ -117,3 +117,10 @@ def test_reference_model_rejects_bad_arguments(tmp_path: Path) -> None:
         make_reference_model(units=())
     with pytest.raises(ConfigError, match=r"\.keras"):
         save_model(_small(), str(tmp_path / "model.h5"))
+
+
+def test_a_model_of_another_feature_count_than_the_events_is_refused() -> None:
+    with pytest.raises(ModelError, match=r"takes 4 features per step, but --features says the events carry 3"):
+        check_features(4, 3, "m.keras")
+    check_features(4, 4, "m.keras")
+    check_features(4, 0, "m.keras")  # not given: the model decides

@@ -50,6 +50,15 @@ def load_model(path: str) -> keras.Model:
     return model
 
 
+def check_features(model_features: int, event_features: int, path: str) -> None:
+    """Refuse at start a model that cannot take the events, rather than dead-letter every one."""
+    if event_features and model_features != event_features:
+        raise ModelError(
+            f"model {path!r} takes {model_features} features per step, but --features says the events carry "
+            f"{event_features}: serve a model trained on {event_features} features, or correct --features"
+        )
+
+
 def fingerprint(model: keras.Model) -> str:
     """Hash architecture and weights; layer names keras auto-numbers do not count."""
     config = json.loads(model.to_json())
