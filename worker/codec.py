@@ -146,36 +146,33 @@ class EventDecoder:
 
     def decode_many(self, records: list[EventRecord]) -> list[Event | CodecError]:
         """One result per record, in order: the event, or the error naming its dead-letter reason."""
-        results: list[Event | CodecError | None] = []
+        results: list[Event | CodecError | None] = [None] * len(records)
         fast: list[int] = []
         prefix, length = self._prefix, self._length
-        for value, partition, offset, record_ts in records:
+        for i, (value, partition, offset, record_ts) in enumerate(records):
             if value is not None and len(value) == length and value.startswith(prefix):
-                fast.append(len(results))
-                results.append(None)
+                fast.append(i)
                 continue
             try:
-                results.append(
-                    decode_event(
-                        value,
-                        features=self.features,
-                        partition=partition,
-                        offset=offset,
-                        record_ts=record_ts,
-                        max_bytes=self.max_bytes,
-                    )
+                results[i] = decode_event(
+                    value,
+                    features=self.features,
+                    partition=partition,
+                    offset=offset,
+                    record_ts=record_ts,
+                    max_bytes=self.max_bytes,
                 )
             except CodecError as exc:
-                results.append(exc)
+                results[i] = exc
         if fast:
             raw = np.frombuffer(b"".join([records[i][0] for i in fast]), dtype=np.uint8)  # type: ignore[misc]
             xs = raw.reshape(len(fast), length)[:, len(prefix) :].copy().view("<f4")
-            finite = np.isfinite(xs).all(axis=1)
-            for j, i in enumerate(fast):
+            finite = np.isfinite(xs).all(axis=1).tolist()
+            for i, x, ok in zip(fast, xs, finite, strict=True):
                 _, partition, offset, record_ts = records[i]
                 results[i] = (
-                    Event(partition, offset, xs[j], record_ts, False, False)
-                    if finite[j]
+                    Event(partition, offset, x, record_ts, False, False)
+                    if ok
                     else CodecError("non_finite", "x holds NaN or infinity")
                 )
         return results  # type: ignore[return-value]
