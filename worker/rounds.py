@@ -113,13 +113,16 @@ class RoundRunner:
         last = np.cumsum(packed.lengths) - 1
         cache.step[rows] += packed.lengths
         cache.src[rows], cache.ts[rows] = offsets[last], ts[last]
-        stream_time = self.stream_time
-        for k, (eid, i) in enumerate(zip(ids, last.tolist(), strict=True)):
-            if ts[i] > stream_time.get(eid[0], -1):
-                stream_time[eid[0]] = int(ts[i])
+        last_ts, key_partitions = ts[last], partitions
+        for p in np.unique(key_partitions).tolist():
+            newest = int(last_ts[key_partitions == p].max())
+            if newest > self.stream_time.get(p, -1):
+                self.stream_time[p] = newest
+        store = self.store
+        for k, i in enumerate(last.tolist()):
             if events[i].end:
-                self.store.end(eid, int(rows[k]), int(offsets[i]))
-            else:
-                self.store.continued(eid)
+                store.end(ids[k], int(rows[k]), int(offsets[i]))
+            elif store.ended:
+                store.continued(ids[k])
         self.metrics.predictions.inc(len(events))
         self.metrics.events.labels("predicted").inc(len(events))
