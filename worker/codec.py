@@ -16,7 +16,7 @@ import numpy as np
 from worker.errors import CodecError
 
 WIRE_VERSION = 1
-_INT64 = b"\xd3"  # msgpack int 64 marker: predictions write their integers at fixed width
+_INT64 = b"\xd3"  # msgpack int 64 marker: predictions and states write their integers at fixed width
 _EVENT_KEYS = frozenset({"x", "ts", "reset", "end"})
 
 
@@ -197,39 +197,23 @@ def _array_header(length: int) -> bytes:
     return zeros[: len(zeros) - length]
 
 
-class PredictionEncoder:
-    """Encodes a round's predictions with one NumPy call.
+class _FixedLayout:
+    """Records that all share one msgpack layout, written as rows of a NumPy structured array.
 
-    Every prediction of a model has the same msgpack layout when its integers are written
-    at fixed width (int64, which any msgpack reader accepts): a structured array of that
-    layout is filled column by column and cut into records, instead of one `packb` per event.
+    With integers at fixed width (int64, which every msgpack reader accepts) and arrays of
+    fixed length, every record of a kind has the same bytes but for its values: a batch is
+    filled column by column and cut into records, instead of one `packb` per record.
     """
 
-    def __init__(self, output_dim: int, model: str) -> None:
-        def key(name: str) -> bytes:
-            return msgpack.packb(name)
-
-        int64, double = ">i8", [("marker", "u1"), ("value", ">f8")]
-        layout: list[bytes | tuple[str, Any]] = [
-            b"\x86" + key("v") + msgpack.packb(WIRE_VERSION) + key("y") + _array_header(output_dim),
-            ("y", (double, (output_dim,))),
-            key("ts") + _INT64,
-            ("ts", int64),
-            key("src") + b"\x92" + _INT64,
-            ("partition", int64),
-            _INT64,
-            ("offset", int64),
-            key("step") + _INT64,
-            ("step", int64),
-            key("model") + msgpack.packb(model),
-        ]
+    def __init__(self, parts: list[bytes | tuple[str, Any]], markers: dict[str, int]) -> None:
         fields, self._constants = [], []
-        for i, part in enumerate(layout):
+        for i, part in enumerate(parts):
             if isinstance(part, bytes):
                 fields.append((f"c{i}", f"S{len(part)}"))
                 self._constants.append((f"c{i}", part))
             else:
                 fields.append(part)
+        self._markers = markers  # field -> type byte written before each of its values
         self._dtype = np.dtype(fields)
         self._template = self._blank(256)
 
@@ -237,21 +221,103 @@ class PredictionEncoder:
         out = np.zeros(rows, dtype=self._dtype)
         for name, part in self._constants:
             out[name] = part
-        out["y"]["marker"] = 0xCB  # float 64
+        for name, marker in self._markers.items():
+            out[name]["marker"] = marker
         return out
+
+    def rows(self, n: int) -> np.ndarray:
+        """n records with their constant bytes in place, to be filled by the caller."""
+        if n > len(self._template):
+            self._template = self._blank(max(n, 2 * len(self._template)))
+        return self._template[:n].copy()
+
+    def cut(self, rows: np.ndarray) -> list[bytes]:
+        buf, size = rows.tobytes(), self._dtype.itemsize
+        return [buf[i : i + size] for i in range(0, len(rows) * size, size)]
+
+
+def _key(name: str) -> bytes:
+    return msgpack.packb(name)
+
+
+def _bin_header(length: int) -> bytes:
+    packed = msgpack.packb(bytes(length), use_bin_type=True)
+    return packed[: len(packed) - length]
+
+
+_I64 = ">i8"
+
+
+class PredictionEncoder:
+    """A round's predictions, encoded with one NumPy call."""
+
+    def __init__(self, output_dim: int, model: str) -> None:
+        self._layout = _FixedLayout(
+            [
+                b"\x86" + _key("v") + msgpack.packb(WIRE_VERSION) + _key("y") + _array_header(output_dim),
+                ("y", ([("marker", "u1"), ("value", ">f8")], (output_dim,))),
+                _key("ts") + _INT64,
+                ("ts", _I64),
+                _key("src") + b"\x92" + _INT64,
+                ("partition", _I64),
+                _INT64,
+                ("offset", _I64),
+                _key("step") + _INT64,
+                ("step", _I64),
+                _key("model") + msgpack.packb(model),
+            ],
+            markers={"y": 0xCB},  # float 64
+        )
 
     def encode(
         self, y: np.ndarray, ts: np.ndarray, partition: np.ndarray, offset: np.ndarray, step: np.ndarray
     ) -> list[bytes]:
         """One record per row of `y` [n, output_dim]; the other arguments are [n] integers."""
-        n = len(y)
-        if n > len(self._template):
-            self._template = self._blank(max(n, 2 * len(self._template)))
-        rows = self._template[:n].copy()
+        rows = self._layout.rows(len(y))
         rows["y"]["value"] = y
         rows["ts"], rows["partition"], rows["offset"], rows["step"] = ts, partition, offset, step
-        buf, size = rows.tobytes(), self._dtype.itemsize
-        return [buf[i : i + size] for i in range(0, n * size, size)]
+        return self._layout.cut(rows)
+
+
+class StateEncoder:
+    """State records of many keys with one NumPy call: one bin of raw float32 per state tensor."""
+
+    def __init__(self, sizes: list[int], model: str) -> None:
+        self.sizes = list(sizes)
+        parts: list[bytes | tuple[str, Any]] = [
+            b"\x86"
+            + _key("v")
+            + msgpack.packb(WIRE_VERSION)
+            + _key("model")
+            + msgpack.packb(model)
+            + _key("step")
+            + _INT64,
+            ("step", _I64),
+            _key("src") + b"\x92" + _INT64,
+            ("partition", _I64),
+            _INT64,
+            ("offset", _I64),
+            _key("ts") + _INT64,
+            ("ts", _I64),
+            _key("s") + _array_header(len(sizes)),
+        ]
+        for i, size in enumerate(sizes):
+            parts += [_bin_header(4 * size), (f"s{i}", ("<f4", (size,)))]
+        self._layout = _FixedLayout(parts, markers={})
+
+    def encode(
+        self, states: np.ndarray, step: np.ndarray, partition: np.ndarray, offset: np.ndarray, ts: np.ndarray
+    ) -> list[bytes]:
+        """One record per row of `states` [n, sum(sizes)]; `offset` is each key's `src`."""
+        if states.shape[1:] != (sum(self.sizes),):
+            raise ValueError(f"states have shape {states.shape}, the layout {self.sizes} needs [n, {sum(self.sizes)}]")
+        rows = self._layout.rows(len(states))
+        rows["step"], rows["partition"], rows["offset"], rows["ts"] = step, partition, offset, ts
+        start = 0
+        for i, size in enumerate(self.sizes):
+            rows[f"s{i}"] = states[:, start : start + size]
+            start += size
+        return self._layout.cut(rows)
 
 
 def encode_prediction(y: list[float], *, ts: int, partition: int, offset: int, step: int, model: str) -> bytes:
@@ -288,18 +354,13 @@ def decode_prediction(value: bytes | None) -> Prediction:
 def encode_state(
     state: np.ndarray, sizes: list[int], *, model: str, step: int, partition: int, offset: int, ts: int
 ) -> bytes:
-    """One bin per state tensor, in layer order, as raw little-endian float32."""
-    flat = np.ascontiguousarray(state, dtype="<f4")
-    if flat.size != sum(sizes):
+    """One key's state record (tests, tools); the worker writes many with StateEncoder."""
+    flat = np.asarray(state, dtype=np.float32).reshape(1, -1)
+    if flat.shape[1] != sum(sizes):
         raise ValueError(f"state has {flat.size} floats, the layout {sizes} needs {sum(sizes)}")
-    parts, start = [], 0
-    for size in sizes:
-        parts.append(flat[start : start + size].tobytes())
-        start += size
-    return msgpack.packb(
-        {"v": WIRE_VERSION, "model": model, "step": step, "src": [partition, offset], "ts": ts, "s": parts},
-        use_bin_type=True,
-    )
+    return StateEncoder(sizes, model).encode(
+        flat, *(np.array([v], dtype=np.int64) for v in (step, partition, offset, ts))
+    )[0]
 
 
 def decode_state(value: bytes, sizes: list[int]) -> StateRecord:

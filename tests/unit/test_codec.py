@@ -20,6 +20,7 @@ from worker.codec import (
     EventDecoder,
     Prediction,
     PredictionEncoder,
+    StateEncoder,
     dead_letter_headers,
     decode_event,
     decode_prediction,
@@ -461,6 +462,21 @@ def test_state_round_trip_is_bit_exact(sizes_and_state, model, step, partition, 
         offset,
         ts,
     )
+
+
+def test_state_encoder_writes_one_record_per_row():
+    states = np.arange(2 * sum(SIZES), dtype=np.float32).reshape(2, -1)
+    values = StateEncoder(SIZES, "fp").encode(
+        states, np.array([1, 7]), np.array([0, 3]), np.array([-1, 2**40]), np.array([5, -5])
+    )
+    decoded = [decode_state(v, SIZES) for v in values]
+    assert [(r.model, r.step, r.src_partition, r.src_offset, r.ts) for r in decoded] == [
+        ("fp", 1, 0, -1, 5),
+        ("fp", 7, 3, 2**40, -5),
+    ]
+    np.testing.assert_array_equal(np.stack([r.state for r in decoded]), states)
+    with pytest.raises(ValueError, match="needs"):
+        StateEncoder(SIZES, "fp").encode(states[:, :3], *(np.zeros(2, np.int64) for _ in range(4)))
 
 
 def test_state_wire_layout_has_one_bin_per_tensor():

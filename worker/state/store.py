@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from worker.codec import CodecError, StateRecord, decode_state, encode_state
+from worker.codec import CodecError, StateEncoder, StateRecord, decode_state
 from worker.errors import ModelError
 from worker.kafka.output import OutputProducer
 from worker.kafka.reader import TopicReader
@@ -39,6 +39,7 @@ class StateStore:
         self.fingerprint = fingerprint
         self.metrics = metrics
         self.on_mismatch = on_mismatch
+        self.encoder = StateEncoder(sizes, fingerprint)
         self.index: dict[int, dict[bytes, int]] = {}
         # partition -> key -> (event ts, input offset) of the last event in the written state
         self.seen: dict[int, dict[bytes, tuple[int, int]]] = {}
@@ -162,24 +163,20 @@ class StateStore:
     # -- writes -------------------------------------------------------------------
 
     def write_dirty(self, producer: OutputProducer, topic: str) -> int:
-        """Produce every dirty state (caller has flushed the predictions before)."""
-        rows = self.cache.take_dirty()
+        """Produce every dirty state (caller has flushed the predictions before), encoded together."""
+        rows = np.array(self.cache.take_dirty(), dtype=np.int64)
+        if not len(rows):
+            return 0
         cache = self.cache
-        for row in rows:
-            partition, key = cache.entity(row)
-            src, ts = int(cache.src[row]), int(cache.ts[row])
-            value = encode_state(
-                cache.states[row],
-                self.sizes,
-                model=self.fingerprint,
-                step=int(cache.step[row]),
-                partition=partition,
-                offset=src,
-                ts=ts,
-            )
+        ids = [cache.entity(row) for row in rows.tolist()]
+        partitions = np.fromiter((p for p, _ in ids), dtype=np.int64, count=len(ids))
+        src, ts = cache.src[rows], cache.ts[rows]
+        values = self.encoder.encode(cache.states[rows], cache.step[rows], partitions, src, ts)
+        for (partition, key), value, last in zip(ids, values, zip(ts.tolist(), src.tolist(), strict=True), strict=True):
             producer.produce(topic, key, value, partition)
-            if partition in self.seen:
-                self.seen[partition][key] = (ts, src)
+            seen = self.seen.get(partition)
+            if seen is not None:
+                seen[key] = last
         self.metrics.state_writes.labels("state").inc(len(rows))
         return len(rows)
 
