@@ -16,6 +16,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from confluent_kafka import KafkaException
+
 from worker.config import ENV_PREFIX, KafkaConfig, RunConfig, parse_kafka_overrides, redact_text
 from worker.errors import ConfigError, WorkerError
 
@@ -322,6 +324,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WorkerError as exc:
         message = redact_text(str(exc), _given_kafka_settings(args))
         print(f"lstm-worker {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KafkaException as exc:  # a refused authorization is a setting to fix, like the errors above
+        from worker.kafka.access import authorization_failure
+
+        refused = authorization_failure(exc, getattr(args, "group_id", None))
+        if refused is None:
+            raise
+        print(
+            f"lstm-worker {args.command}: error: {redact_text(refused, _given_kafka_settings(args))}", file=sys.stderr
+        )
         return 2
 
 

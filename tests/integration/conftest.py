@@ -31,12 +31,14 @@ def free_port() -> int:
 class LocalBroker:
     """A broker of our own (deploy/kafka), which a test may stop and start on the same data."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, **settings: str) -> None:
+        """`settings`: more start.sh variables, e.g. KAFKA_SECURITY="sasl" (deploy/kafka/sasl.sh)."""
         self.env = {
             **os.environ,
             "KAFKA_PORT": str(free_port()),
             "KAFKA_CONTROLLER_PORT": str(free_port()),
             "KAFKA_DIR": str(data_dir),
+            **settings,
         }
         self.bootstrap = f"127.0.0.1:{self.env['KAFKA_PORT']}"
 

@@ -1,4 +1,5 @@
-"""Topic layout checks and creation: the state topic must be compacted and co-partitioned."""
+"""Topic layout checks and creation: the state topic must be compacted and co-partitioned, and the
+worker allowed (ACLs) to read and write what it needs."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import logging
 import time
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import AclOperation, AdminClient, ConfigResource, NewTopic
 
-from worker.errors import TopicError
+from worker.errors import AccessError, TopicError
+from worker.kafka.access import ACL_HINT, require_topic_operations
 
 log = logging.getLogger(__name__)
 _TIMEOUT_S = 30.0
+_AUTHORIZATION_FAILED = (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED)
 
 
 def partition_count(admin: AdminClient, topic: str) -> int | None:
@@ -26,6 +29,8 @@ def partition_count(admin: AdminClient, topic: str) -> int | None:
     info = metadata.topics.get(topic)
     if info is None or (info.error is not None and info.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
         return None
+    if info.error is not None and info.error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+        raise AccessError(f"not authorized to DESCRIBE topic {topic!r} (the broker's ACLs); {ACL_HINT}")
     if info.error is not None:
         raise TopicError(f"cannot describe topic {topic!r}: {info.error}")
     return len(info.partitions)
@@ -38,6 +43,11 @@ def create_topic(admin: AdminClient, topic: str, partitions: int, config: dict[s
         futures[topic].result(timeout=_TIMEOUT_S)
         log.info("created topic=%s partitions=%d config=%s", topic, partitions, config or {})
     except KafkaException as exc:
+        if exc.args[0].code() in _AUTHORIZATION_FAILED:
+            raise AccessError(
+                f"not authorized to CREATE topic {topic!r} ({exc.args[0].str()}): grant CREATE on it (or on the "
+                f"cluster), or create it beforehand with {partitions} partitions and config {config or {}}; {ACL_HINT}"
+            ) from exc
         if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
             raise TopicError(f"cannot create topic {topic!r}: {exc.args[0].str()}") from exc
     deadline = time.monotonic() + _TIMEOUT_S
@@ -69,6 +79,16 @@ def ensure_worker_topics(
     for topic, config in ((output_topic, None), (dlq_topic, None), (state_topic, {"cleanup.policy": "compact"})):
         if partition_count(admin, topic) is None:
             create_topic(admin, topic, partitions, config)
+    # a missing ACL stops the worker here, not at its first write or commit
+    require_topic_operations(
+        admin,
+        {
+            input_topic: ("input topic", (AclOperation.READ,)),
+            output_topic: ("output topic", (AclOperation.WRITE,)),
+            dlq_topic: ("dead-letter topic", (AclOperation.WRITE,)),
+            state_topic: ("state topic", (AclOperation.READ, AclOperation.WRITE, AclOperation.DESCRIBE_CONFIGS)),
+        },
+    )
     state_partitions = partition_count(admin, state_topic)
     if state_partitions != partitions:
         raise TopicError(
