@@ -8,7 +8,7 @@ export KAFKA_PORT
 # apt-get needs root: CI runs as root, a developer's machine may need sudo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help venv tools broker broker-stop lint test unit integration demo bench rules clean
+.PHONY: help venv tools broker broker-stop lint test unit integration demo bench fuzz rules clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -64,6 +64,10 @@ bench: venv ## the benchmark issue's six parts on a local broker into BENCHMARKS
 	  --bootstrap-servers "$$bootstrap" $(BENCH_ARGS); rc=$$?; \
 	if [[ $$started == yes ]]; then KAFKA_PORT=$$port deploy/kafka/stop.sh >/dev/null; fi; \
 	exit $$rc
+
+FUZZ_SECONDS ?= 300
+fuzz: venv ## fuzz the wire-format decoders with atheris for FUZZ_SECONDS (300)
+	$(BIN)/python tests/fuzz/fuzz_codec.py -max_total_time=$(FUZZ_SECONDS) -max_len=65536
 
 rules: ## regenerate deploy/kubernetes/prometheusrule.yaml from deploy/prometheus/alerts.yml
 	@{ printf '%s\n' "# Generated from deploy/prometheus/alerts.yml by \`make rules\`: edit that file, then run it." \

@@ -2,7 +2,8 @@
 
 poll -> decode (bad records to the dead-letter topic) -> batch by key -> resolve states
 -> one batched model step -> predictions -> at commit points: flush predictions, write
-dirty states, commit input offsets below the lowest unprocessed event.
+dirty states, commit input offsets below the lowest unprocessed event once those states
+are acknowledged.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class Worker:
         self.rounds = RoundRunner(model, self.store, config.output_topic, fingerprint, metrics, self.clock)
         self._next_expiry = 0.0
         self._commit_in_flight = False
+        self._pending_offsets: list[TopicPartition] = []  # at least once: committed once their states are acked
         self._stopping = False
         self._failed = False
         self._joined = False
@@ -150,6 +152,8 @@ class Worker:
                 if batcher.ready(time.monotonic(), caught_up):
                     self._run_round()
                 self.producer.poll()
+                if not self._eos:
+                    self._commit_acknowledged()
                 clock.lap("produce")
                 if time.monotonic() >= next_commit:
                     self._commit_point()
@@ -297,7 +301,7 @@ class Worker:
     # -- commit points --------------------------------------------------------------
 
     def _write_states(self) -> None:
-        """Predictions first, then states: a state never gets ahead of its predictions."""
+        """Make room in the cache: every dirty state written and acknowledged, predictions first."""
         if self._eos:  # written states must be committed before they can be evicted and read back
             self._commit_transaction()
             return
@@ -344,22 +348,44 @@ class Worker:
         ]
 
     def _commit_offsets(self, wait: bool) -> None:
-        """At least once. A periodic commit is asynchronous: a synchronous one stalls every
-        partition for as long as a rebalance of the group lasts; a failed one is redone."""
-        self._write_states()
-        changed = self._offsets_to_commit()
-        if changed:
-            try:
-                if wait:
-                    self._committed_offsets(None, self.consumer.commit(offsets=changed, asynchronous=False) or [])
-                elif not self._commit_in_flight:  # during a rebalance commits wait: do not pile them up
-                    self._commit_in_flight = True
-                    self.consumer.commit(offsets=changed, asynchronous=True)
-            except KafkaException as exc:
-                self.metrics.commit_failures.inc()
-                log.warning("offset commit failed (redone at the next commit point): %s", exc.args[0])
+        """At least once, pipelined: flush (the predictions, and the states written at the
+        previous commit point), commit that point's offsets, then write the dirty states without
+        waiting; their offsets are committed once they are acknowledged (`_commit_acknowledged`)
+        or at the next commit point. A state never gets ahead of its predictions, an offset never
+        ahead of its states, and the loop waits only for what was produced since the last flush.
+        `wait` (revoke, shutdown): all of it now, synchronously."""
+        self.producer.flush()
+        self._commit_pending(wait)
+        self.store.write_dirty(self.producer, self.config.state_topic)
+        self._pending_offsets = self._offsets_to_commit()
+        if wait:
+            self.producer.flush()
+            self._commit_pending(wait)
         if self.store.write_tombstones(self.producer, self.config.state_topic, self._committed):
             self.producer.flush()
+
+    def _commit_acknowledged(self) -> None:
+        """Between commit points: commit the pending offsets as soon as their states are acknowledged."""
+        if self._pending_offsets and not self.store.cache.writing:
+            self._commit_pending(wait=False)
+
+    def _commit_pending(self, wait: bool) -> None:
+        """A periodic commit is asynchronous (a synchronous one stalls every partition for as
+        long as a rebalance of the group lasts) and never piles up; a failed one is redone by the
+        next commit point, which covers these offsets too."""
+        if not self._pending_offsets or (self._commit_in_flight and not wait):
+            return
+        offsets, self._pending_offsets = self._pending_offsets, []
+        try:
+            if wait:
+                self._committed_offsets(None, self.consumer.commit(offsets=offsets, asynchronous=False) or [])
+            else:
+                self._commit_in_flight = True
+                self.consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:
+            self._commit_in_flight = False
+            self.metrics.commit_failures.inc()
+            log.warning("offset commit failed (redone at the next commit point): %s", exc.args[0])
 
     def _commit_transaction(self) -> None:
         """Exactly once: predictions, dead letters, states and input offsets in one transaction."""

@@ -108,6 +108,13 @@ def _add_run(sub: Any) -> None:
     _option(p, "--commit-interval-ms", int, 1000, help="time between commit points")
     _option(p, "--metrics-host", default="0.0.0.0", help="bind address of /metrics, /healthz, /readyz")
     _option(p, "--metrics-port", int, 9100, help="port of /metrics, /healthz, /readyz (0: none)")
+    _option(
+        p,
+        "--features",
+        int,
+        0,
+        help="numbers per event the producers send; a model of another count is refused at start (0: the model's)",
+    )
     _option(p, "--max-event-bytes", int, 1_048_576, help="larger events go to the dead-letter topic (too_large)")
     _option(p, "--poll-batch", int, 4096, help="records per consume() call")
     _option(
@@ -216,10 +223,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     check_client_access(config.kafka, config.group_id)
     from worker.app import Worker
     from worker.metrics import HealthServer, Metrics
-    from worker.model import StreamingTwin, fingerprint, load_model
+    from worker.model import StreamingTwin, check_features, fingerprint, load_model
 
     model = load_model(config.model_path)
     twin = StreamingTwin.from_model(model)
+    check_features(twin.features, config.features, config.model_path)
     metrics = Metrics()
     worker = Worker(config, twin, fingerprint(model), metrics)
     server = None

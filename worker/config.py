@@ -146,6 +146,7 @@ class RunConfig:
     on_model_mismatch: str = "reset"
     processing_guarantee: str = "at_least_once"
     state_ttl_s: float = 0.0
+    features: int = 0  # what producers send; 0: whatever the model takes
 
     def __post_init__(self) -> None:
         positive = {
@@ -167,6 +168,8 @@ class RunConfig:
             )
         if self.state_ttl_s < 0:
             raise ConfigError(f"--state-ttl must be 0 (keep states forever) or more seconds, got {self.state_ttl_s}")
+        if self.features < 0:
+            raise ConfigError(f"--features must be 0 (the model's) or the events' feature count, got {self.features}")
         if self.max_delay_ms < 0:
             raise ConfigError(f"--max-delay-ms must be 0 or more, got {self.max_delay_ms}")
         if not 0 <= self.metrics_port <= 65535:

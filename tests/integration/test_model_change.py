@@ -44,3 +44,10 @@ def test_model_mismatch_reset_and_fail(kafka, topics, model_file, start_worker):
     latest = {r.key: msgpack.unpackb(r.value) for r in read_all(kafka, topics.output)}  # in offset order
     assert len(latest) == KEYS
     assert {p["step"] for p in latest.values()} == {1}, "the keys started again from zero state"
+
+
+def test_a_model_of_another_feature_count_is_refused_at_start(topics, model_file, start_worker):
+    """--features says what the producers send: a model that cannot take it never starts."""
+    refusing = start_worker(model_file("lstm", (16, 8)), topics, "--features", "3")
+    assert refusing.proc.wait(90) == 2, refusing.log()
+    assert "takes 4 features per step, but --features says the events carry 3" in refusing.log()

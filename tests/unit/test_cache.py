@@ -123,6 +123,9 @@ def test_mark_dirty_pins_rows_and_take_dirty_clears():
     assert cache.take_dirty() == sorted([rows[0], rows[2]])
     assert cache.take_dirty() == []
     assert not cache.is_dirty(A)
+    assert cache.room() == 1  # being written
+    cache.written(A)
+    cache.written(C)
     assert cache.room() == 3
     put(cache, E, 10.0)  # A is clean again and the oldest
     assert resident(cache) == {C, D, E}
@@ -133,6 +136,8 @@ def test_take_dirty_then_all_clean_rows_can_be_evicted():
     put(cache, A, 1.0, dirty=True)
     put(cache, B, 2.0, dirty=True)
     assert len(cache.take_dirty()) == 2
+    cache.written(A)
+    cache.written(B)
     put(cache, C, 3.0)
     put(cache, D, 4.0)
     assert resident(cache) == {C, D}
@@ -182,6 +187,9 @@ def test_room_counts_rows_usable_without_writing():
     put(cache, C, 1.0, dirty=True)
     assert cache.room() == 2
     cache.take_dirty()
+    assert cache.room() == 2  # being written
+    cache.written(B)
+    cache.written(C)
     assert cache.room() == 4
 
 
@@ -193,3 +201,20 @@ def test_nbytes_counts_resident_rows_only():
     assert cache.nbytes == 2 * DIM * 4
     cache.remove(A)
     assert cache.nbytes == 1 * DIM * 4
+
+
+def test_rows_being_written_stay_pinned_until_acknowledged():
+    cache = StateCache(capacity=2, state_dim=DIM)
+    put(cache, A, 1.0, dirty=True)
+    put(cache, B, 2.0, dirty=True)
+    cache.take_dirty()  # produced, not acknowledged: an LRU miss would read the old record back
+    assert cache.writing == {A, B}
+    assert cache.room() == 0
+    with pytest.raises(CacheFullError):
+        put(cache, C, 3.0)
+    cache.written(A)
+    assert cache.room() == 1
+    put(cache, C, 3.0)  # A, acknowledged, is evicted; B is not
+    assert C in cache and B in cache and A not in cache
+    cache.remove(B)
+    assert cache.writing == set()

@@ -32,6 +32,9 @@ class StateCache:
         self._ids: list[EntityId | None] = [None] * capacity
         self._free = list(range(capacity - 1, -1, -1))
         self.dirty: set[int] = set()
+        # keys whose state record is produced but not acknowledged yet: pinned like dirty rows,
+        # since until then an LRU miss would read the key's previous record back
+        self.writing: set[EntityId] = set()
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -45,8 +48,9 @@ class StateCache:
         return len(self._rows) * self.states.shape[1] * 4
 
     def room(self) -> int:
-        """Rows that can be (re)used now without writing anything."""
-        return self.capacity - len(self.dirty)
+        """Rows that can be (re)used now without writing anything (a key both dirty and being
+        written counts twice: a safe underestimate)."""
+        return self.capacity - len(self.dirty) - len(self.writing)
 
     def lookup(self, eid: EntityId) -> int | None:
         """The row of a resident key, marked most recently used."""
@@ -84,7 +88,7 @@ class StateCache:
 
     def _evict(self) -> int:
         for eid, row in self._rows.items():
-            if row not in self.dirty:
+            if row not in self.dirty and eid not in self.writing:
                 del self._rows[eid]
                 self._ids[row] = None
                 return row
@@ -94,12 +98,18 @@ class StateCache:
         self.dirty.update(int(r) for r in rows)
 
     def take_dirty(self) -> list[int]:
-        """The dirty rows, now clean: the caller is writing them."""
+        """The dirty rows, now clean and being written: pinned until `written`."""
         rows = sorted(self.dirty)
         self.dirty.clear()
+        self.writing.update(self.entity(row) for row in rows)
         return rows
 
+    def written(self, eid: EntityId) -> None:
+        """The key's state record is acknowledged: its row may be evicted (unless dirty again)."""
+        self.writing.discard(eid)
+
     def remove(self, eid: EntityId) -> None:
+        self.writing.discard(eid)
         row = self._rows.pop(eid, None)
         if row is not None:
             self._ids[row] = None

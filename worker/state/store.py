@@ -224,6 +224,7 @@ class StateStore:
 
     def delivered(self, partition: int, key: bytes, offset: int, tombstone: bool) -> None:
         """Delivery report of a state record: keep the index pointing at the latest one."""
+        self.cache.written((partition, key))
         index = self.index.get(partition)
         if index is None:
             return
