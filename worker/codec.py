@@ -235,6 +235,19 @@ class _FixedLayout:
         buf, size = rows.tobytes(), self._dtype.itemsize
         return [buf[i : i + size] for i in range(0, len(rows) * size, size)]
 
+    def parse(self, values: list[bytes | None]) -> tuple[list[int], np.ndarray]:
+        """The values written in exactly this layout (length and every constant byte), as rows:
+        their indexes, and the rows. Anything else is left to the caller's general decoder."""
+        size = self._dtype.itemsize
+        fits = [i for i, v in enumerate(values) if v is not None and len(v) == size]
+        rows = np.frombuffer(b"".join([values[i] for i in fits]), dtype=self._dtype)  # type: ignore[misc]
+        ok = np.ones(len(rows), dtype=bool)
+        for name, part in self._constants:
+            ok &= rows[name] == part
+        for name, marker in self._markers.items():
+            ok &= (rows[name]["marker"] == marker).all(axis=-1)
+        return [i for i, good in zip(fits, ok.tolist(), strict=True) if good], rows[ok]
+
 
 def _key(name: str) -> bytes:
     return msgpack.packb(name)
@@ -279,6 +292,17 @@ class PredictionEncoder:
         return self._layout.cut(rows)
 
 
+@dataclass(slots=True)
+class StateBatch:
+    """State records decoded together: row i of every array is record i."""
+
+    states: np.ndarray  # [n, state_dim] float32
+    step: np.ndarray
+    src_partition: np.ndarray
+    src_offset: np.ndarray
+    ts: np.ndarray
+
+
 class StateEncoder:
     """State records of many keys with one NumPy call: one bin of raw float32 per state tensor."""
 
@@ -304,6 +328,21 @@ class StateEncoder:
         for i, size in enumerate(sizes):
             parts += [_bin_header(4 * size), (f"s{i}", ("<f4", (size,)))]
         self._layout = _FixedLayout(parts, markers={})
+
+    def decode_many(self, values: list[bytes | None]) -> tuple[list[int], StateBatch]:
+        """The values this encoder wrote (this model, this layout), decoded together: their
+        indexes and contents. Others (tombstones, other models or writers) need `decode_state`."""
+        indexes, rows = self._layout.parse(values)
+        states = np.concatenate([rows[f"s{i}"] for i in range(len(self.sizes))], axis=1).astype(np.float32)
+        finite = np.isfinite(states).all(axis=1)  # the others get decode_state's error
+        if not finite.all():
+            indexes, rows, states = (
+                [i for i, ok in zip(indexes, np.asarray(finite).tolist(), strict=True) if ok],
+                rows[finite],
+                states[finite],
+            )
+        cast = [rows[name].astype(np.int64) for name in ("step", "partition", "offset", "ts")]
+        return indexes, StateBatch(states, *cast)
 
     def encode(
         self, states: np.ndarray, step: np.ndarray, partition: np.ndarray, offset: np.ndarray, ts: np.ndarray

@@ -479,6 +479,30 @@ def test_state_encoder_writes_one_record_per_row():
         StateEncoder(SIZES, "fp").encode(states[:, :3], *(np.zeros(2, np.int64) for _ in range(4)))
 
 
+def test_state_decode_many_takes_only_records_of_its_own_layout():
+    encoder = StateEncoder(SIZES, "fp")
+    states = np.arange(3 * sum(SIZES), dtype=np.float32).reshape(3, -1)
+    ints = [np.array([1, 2, 3]), np.array([0, 0, 0]), np.array([10, 11, 12]), np.array([5, 6, 7])]
+    a, b, c = encoder.encode(states, *ints)
+    bad = states[2].copy()
+    bad[0] = np.nan
+    nan_value = encoder.encode(bad[None], *(v[:1] for v in ints))[0]
+    values = [a, None, encode_state(states[0], SIZES, model="other", step=1, partition=0, offset=1, ts=1), b, nan_value]
+    values += [c[:-1], c]
+    indexes, batch = encoder.decode_many(values)
+    assert indexes == [0, 3, 6]
+    np.testing.assert_array_equal(batch.states, states)
+    assert (
+        batch.step.tolist() == [1, 2, 3]
+        and batch.src_offset.tolist() == [10, 11, 12]
+        and batch.ts.tolist() == [5, 6, 7]
+    )
+    for i in indexes:  # what the general decoder reads from the same bytes
+        record = decode_state(values[i], SIZES)
+        j = indexes.index(i)
+        assert (record.step, record.src_offset, record.ts) == (batch.step[j], batch.src_offset[j], batch.ts[j])
+
+
 def test_state_wire_layout_has_one_bin_per_tensor():
     state = np.arange(8, dtype=np.float32)
     obj = msgpack.unpackb(encode_state(state, SIZES, model="fp", step=1, partition=0, offset=9, ts=3))

@@ -55,10 +55,16 @@ class TopicReader:
 
     def read_partitions(self, partitions: list[int]) -> Iterator[Record]:
         """Every record of the partitions, from the beginning to the end as of this call."""
+        for batch in self.read_partition_batches(partitions):
+            yield from batch
+
+    def read_partition_batches(self, partitions: list[int]) -> Iterator[list[Record]]:
+        """The same, a consume() batch at a time (the restore decodes a batch together)."""
         offsets = self._end_offsets(partitions)
         ends = {p: high for p, (_, high) in offsets.items()}
         self._consumer.assign([TopicPartition(self.topic, p, low) for p, (low, _) in offsets.items()])
         for msgs in self._batches(ends):
+            batch: list[Record] = []
             for m in msgs:
                 p = m.partition()
                 if m.error() is not None:
@@ -67,9 +73,12 @@ class TopicReader:
                     continue
                 if p not in ends:
                     continue
-                yield p, m.offset(), m.key(), m.value()
-                if m.offset() >= ends[p] - 1:
+                offset = m.offset()
+                batch.append((p, offset, m.key(), m.value()))
+                if offset >= ends[p] - 1:
                     del ends[p]
+            if batch:
+                yield batch
         self._consumer.unassign()
 
     def read_offsets(self, wanted: dict[int, list[int]]) -> dict[tuple[int, int], Record]:

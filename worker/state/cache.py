@@ -68,8 +68,9 @@ class StateCache:
         assert eid is not None, f"row {row} is free"
         return eid
 
-    def insert(self, eid: EntityId, state: np.ndarray | None, *, step: int, src: int, ts: int, dirty: bool) -> int:
-        """Place a key's state (zeros when None) in a free or evicted row."""
+    def place(self, eid: EntityId) -> int:
+        """The key's row, most recently used: its own, a free one or an evicted clean one.
+        The caller writes the row (the restore writes many rows with one NumPy call)."""
         row = self._rows.get(eid)
         if row is None:
             row = self._free.pop() if self._free else self._evict()
@@ -77,6 +78,11 @@ class StateCache:
             self._ids[row] = eid
         else:
             self._rows.move_to_end(eid)
+        return row
+
+    def insert(self, eid: EntityId, state: np.ndarray | None, *, step: int, src: int, ts: int, dirty: bool) -> int:
+        """Place a key's state (zeros when None) in a free or evicted row."""
+        row = self.place(eid)
         if state is None:
             self.states[row] = 0.0
         else:

@@ -24,7 +24,7 @@ class Restore:
         self.partitions = set(partitions)
         self._store = store
         self._metrics = metrics
-        self._records = reader.read_partitions(sorted(partitions))
+        self._batches = reader.read_partition_batches(sorted(partitions))
         self._started = time.monotonic()
         self.count = 0
         store.begin_restore(partitions)
@@ -35,13 +35,13 @@ class Restore:
         self.partitions.discard(partition)
 
     def step(self, budget: int) -> bool:
-        """Apply up to `budget` records; True once every partition is read to its end."""
-        apply, read, done = self._store.apply, 0, True
-        for p, offset, key, value in self._records:
-            if p in self.partitions:
-                apply(p, offset, key, value)
-            read += 1
-            if read == budget:
+        """Apply about `budget` records (whole consume batches); True once every partition is
+        read to its end."""
+        read, done = 0, True
+        for batch in self._batches:
+            self._store.apply_many([record for record in batch if record[0] in self.partitions])
+            read += len(batch)
+            if read >= budget:
                 done = False
                 break
         self.count += read

@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from worker.codec import CodecError, StateEncoder, StateRecord, decode_state
+from worker.codec import CodecError, StateBatch, StateEncoder, StateRecord, decode_state
 from worker.errors import ModelError
 from worker.kafka.output import OutputProducer
-from worker.kafka.reader import TopicReader
+from worker.kafka.reader import Record, TopicReader
 from worker.metrics import Metrics
 from worker.state.cache import EntityId, StateCache
 
@@ -70,6 +70,45 @@ class StateStore:
             self.cache.insert(
                 (p, key), record.state, step=record.step, src=record.src_offset, ts=record.ts, dirty=False
             )
+
+    def apply_many(self, records: list[Record]) -> None:
+        """State records read at restore, in order: those of this model and layout decoded and
+        cached together, the others (tombstones, other models or writers) one by one between."""
+        indexes, batch = self.encoder.decode_many([value for *_, value in records])
+        fast = dict(zip(indexes, range(len(indexes)), strict=True))  # record -> row of the batch
+        run: list[tuple[int, int]] = []
+        for i, (p, offset, key, value) in enumerate(records):
+            j = fast.get(i)
+            if j is not None:
+                run.append((i, j))
+                continue
+            self._apply_decoded(records, run, batch)
+            run = []
+            self.apply(p, offset, key, value)
+        self._apply_decoded(records, run, batch)
+
+    def _apply_decoded(self, records: list[Record], run: list[tuple[int, int]], batch: StateBatch) -> None:
+        """Index the run's records and warm the LRU with the newest of them, as `apply` would."""
+        ts, src = batch.ts.tolist(), batch.src_offset.tolist()
+        warm: dict[EntityId, int] = {}
+        for i, j in run:
+            p, offset, key, _ = records[i]
+            index = self.index.get(p)
+            if index is None:  # revoked while restoring
+                continue
+            index[key] = offset
+            self.seen[p][key] = (ts[j], src[j])
+            warm.pop((p, key), None)  # a later record of the key wins, and counts as newest
+            warm[(p, key)] = j
+        room = self.cache.room()
+        if not warm or room <= 0:
+            return
+        newest = list(warm.items())[-room:]
+        rows = np.array([self.cache.place(eid) for eid, _ in newest], dtype=np.int64)
+        js = np.array([j for _, j in newest], dtype=np.int64)
+        cache = self.cache
+        cache.states[rows] = batch.states[js]
+        cache.step[rows], cache.src[rows], cache.ts[rows] = batch.step[js], batch.src_offset[js], batch.ts[js]
 
     def forget(self, partition: int) -> None:
         """Drop a revoked partition; its dirty states must have been written first."""
