@@ -68,10 +68,11 @@ def test_target_verdicts_say_by_how_much():
     assert fast.met and fast.verdict() == "met (1.25x the target)"
     slow = Target("rate", 10_000, 40_000, unit="events/s")
     assert not slow.met
-    assert slow.verdict() == "**missed** by 75%: 0.25x the target, needs 4.00x"
+    assert slow.verdict() == "**missed** by 75%: 0.25x the target, needs 4x"
     assert slow.shown() == "10,000 events/s"
     late = Target("p99", 75.0, 50.0, higher_is_better=False, unit="ms")
-    assert late.verdict() == "**missed**: 1.50x the limit, 50% over"
+    assert late.verdict() == "**missed**: 1.5x the limit, 50% over"
+    assert Target("ratio", 1.304, 1.3, higher_is_better=False).verdict() == "**missed**: 1.003x the limit, 0.3% over"
     assert Target("p99", 20.0, 50.0, higher_is_better=False).met
     assert Target("share", 0.6, 0.5, unit="share").shown() == "60%"
     assert Target("x", 1234.5, 500, unit="x").shown() == "1,234x"

@@ -18,7 +18,7 @@ import numpy as np
 
 from worker.bench.kafka_io import BenchKafka, FastProducer, partition_of
 from worker.bench.process import Launcher, wait_predicted
-from worker.bench.stats import percentiles
+from worker.bench.stats import events_per_s, percentiles
 from worker.codec import encode_event
 from worker.synthetic import key_name
 
@@ -36,6 +36,7 @@ class LatencyResult:
     latency_ms: np.ndarray  # one per prediction of an event after the warm-up
     warmup_s: float = 0.0
     warmup_latency_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    served_per_s: float = float("nan")  # predictions, first to last: below the offered rate when behind
 
     @property
     def achieved_per_s(self) -> float:
@@ -103,7 +104,15 @@ def latency(
     all_ms = predictions.latency_ms()
     warm = predictions.event_ts < first_ms + warmup_s * 1000
     result = LatencyResult(
-        rate, produced_s, sent, predictions.count, predictions.distinct, all_ms[~warm], warmup_s, all_ms[warm]
+        rate,
+        produced_s,
+        sent,
+        predictions.count,
+        predictions.distinct,
+        all_ms[~warm],
+        warmup_s,
+        all_ms[warm],
+        events_per_s(predictions.distinct, predictions.first_ms, predictions.last_ms),
     )
     q = result.quantiles
     log.info(

@@ -146,6 +146,7 @@ def latency_section(r: BenchResults) -> list[str]:
     ]
     rows = [
         ("achieved rate (events/s)", f"{lat.achieved_per_s:,.0f}"),
+        ("worker's rate, first to last prediction (events/s)", f"{lat.served_per_s:,.0f}"),
         ("events / predicted (warm-up included)", f"{lat.sent:,} / {lat.distinct:,}"),
         ("events counted (after the warm-up)", f"{lat.latency_ms.size:,}"),
         ("p50 (ms)", f"{q[50.0]:.1f}"),

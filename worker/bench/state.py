@@ -63,13 +63,22 @@ class StateResult:
 
 
 def state_records(keys: int, sizes: list[int], fingerprint: str, partitions: int) -> Iterator[tuple[bytes, bytes]]:
-    """(key, state record) of keys 0..keys-1, random states of the model's layout."""
+    """(key, state record) of keys 0..keys-1: one of 64 random states of the model's layout each.
+
+    A record depends only on its state and partition here, so each of those pairs is encoded once.
+    """
     pool = np.random.default_rng(3).standard_normal((64, sum(sizes))).astype(np.float32) * 0.1
     now = int(time.time() * 1000)
+    encoded: dict[tuple[int, int], bytes] = {}
     for k in range(keys):
         key = key_name(k)
-        p = partition_of(key, partitions)
-        yield key, encode_state(pool[k % 64], sizes, model=fingerprint, step=1, partition=p, offset=-1, ts=now)
+        which = (k % 64, partition_of(key, partitions))
+        value = encoded.get(which)
+        if value is None:
+            value = encoded[which] = encode_state(
+                pool[which[0]], sizes, model=fingerprint, step=1, partition=which[1], offset=-1, ts=now
+            )
+        yield key, value
 
 
 def _settled(worker: WorkerProcess, keys: int, timeout: float = 30.0) -> Reading:

@@ -74,7 +74,7 @@ class Target:
             return "-"
         if self.unit == "share":
             return f"{v * 100:.0f}%"
-        number = f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}"
+        number = f"{v:,.0f}" if abs(v) >= 100 else f"{v:.1f}" if abs(v) >= 10 else f"{v:.3f}"
         return f"{number}x" if self.unit == "x" else f"{number} {self.unit}".strip()
 
     @property
@@ -89,8 +89,20 @@ class Target:
             return "not measured"
         factor = self.measured / self.limit if self.limit else float("inf")
         if self.met:
-            return f"met ({factor:.2f}x the target)"
+            return f"met ({_factor(factor)}x the target)"
         if self.higher_is_better:
-            needs = f", needs {1 / factor:.2f}x" if factor > 0 else ""
-            return f"**missed** by {(1 - factor) * 100:.0f}%: {factor:.2f}x the target{needs}"
-        return f"**missed**: {factor:.2f}x the limit, {(factor - 1) * 100:.0f}% over"
+            needs = f", needs {_factor(1 / factor)}x" if factor > 0 else ""
+            return f"**missed** by {_percent(1 - factor)}: {_factor(factor)}x the target{needs}"
+        return f"**missed**: {_factor(factor)}x the limit, {_percent(factor - 1)} over"
+
+
+def _factor(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:.1f}%" if fraction < 0.1 else f"{fraction * 100:.0f}%"
