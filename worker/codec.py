@@ -246,6 +246,8 @@ class _FixedLayout:
             ok &= rows[name] == part
         for name, marker in self._markers.items():
             ok &= (rows[name]["marker"] == marker).all(axis=-1)
+        if ok.all():
+            return fits, rows
         return [i for i, good in zip(fits, ok.tolist(), strict=True) if good], rows[ok]
 
 
@@ -333,7 +335,7 @@ class StateEncoder:
         """The values this encoder wrote (this model, this layout), decoded together: their
         indexes and contents. Others (tombstones, other models or writers) need `decode_state`."""
         indexes, rows = self._layout.parse(values)
-        states = np.concatenate([rows[f"s{i}"] for i in range(len(self.sizes))], axis=1).astype(np.float32)
+        states = np.concatenate([rows[f"s{i}"] for i in range(len(self.sizes))], axis=1, dtype=np.float32)
         finite = np.isfinite(states).all(axis=1)  # the others get decode_state's error
         if not finite.all():
             indexes, rows, states = (

@@ -90,23 +90,26 @@ class StateStore:
     def _apply_decoded(self, records: list[Record], run: list[tuple[int, int]], batch: StateBatch) -> None:
         """Index the run's records and warm the LRU with the newest of them, as `apply` would."""
         ts, src = batch.ts.tolist(), batch.src_offset.tolist()
-        warm: dict[EntityId, int] = {}
+        index, seen = self.index, self.seen
+        placed: list[tuple[EntityId, int]] = []
         for i, j in run:
             p, offset, key, _ = records[i]
-            index = self.index.get(p)
-            if index is None:  # revoked while restoring
+            keys = index.get(p)
+            if keys is None:  # revoked while restoring
                 continue
-            index[key] = offset
-            self.seen[p][key] = (ts[j], src[j])
-            warm.pop((p, key), None)  # a later record of the key wins, and counts as newest
-            warm[(p, key)] = j
+            keys[key] = offset
+            seen[p][key] = (ts[j], src[j])
+            placed.append(((p, key), j))
         room = self.cache.room()
-        if not warm or room <= 0:
+        if not placed or room <= 0:
             return
-        newest = list(warm.items())[-room:]
-        rows = np.array([self.cache.place(eid) for eid, _ in newest], dtype=np.int64)
-        js = np.array([j for _, j in newest], dtype=np.int64)
         cache = self.cache
+        rows = np.array([cache.place(eid) for eid, _ in placed[-room:]], dtype=np.int64)
+        js = np.array([j for _, j in placed[-room:]], dtype=np.int64)
+        if len(np.unique(rows)) < len(rows):  # a key twice in the run: its later record wins
+            _, last = np.unique(rows[::-1], return_index=True)
+            keep = len(rows) - 1 - last
+            rows, js = rows[keep], js[keep]
         cache.states[rows] = batch.states[js]
         cache.step[rows], cache.src[rows], cache.ts[rows] = batch.step[js], batch.src_offset[js], batch.ts[js]
 
