@@ -273,8 +273,8 @@ def _cmd_produce(args: argparse.Namespace) -> int:
         x_format=args.x_format,
     )
     print(
-        f"produced {sent.events} events for {args.keys} keys to {args.topic} in {sent.seconds:.2f} s "
-        f"({sent.events / max(sent.seconds, 1e-9):,.0f} events/s)"
+        f"produced {sent.records} events for {args.keys} keys to {args.topic} in {sent.seconds:.2f} s "
+        f"({sent.per_s:,.0f} events/s)"
     )
     return 0
 

@@ -20,17 +20,21 @@ from worker.kafka.topics import create_topic, partition_count
 
 @dataclass(frozen=True)
 class Produced:
-    events: int
+    records: int
     seconds: float
+
+    @property
+    def per_s(self) -> float:
+        return self.records / self.seconds if self.seconds > 0 else float("nan")
 
 
 def key_name(index: int) -> bytes:
     return f"key-{index:07d}".encode()
 
 
-def interleaving(keys: int, events_per_key: int, seed: int) -> np.ndarray:
-    """Key index of each event in send order: every key `events_per_key` times, shuffled."""
-    order = np.repeat(np.arange(keys), events_per_key)
+def interleaving(events: int, keys: int, seed: int) -> np.ndarray:
+    """Key index of each event in send order: the keys as evenly as possible, shuffled together."""
+    order = np.arange(events) % keys
     np.random.default_rng(seed).shuffle(order)
     return order
 
@@ -51,7 +55,7 @@ def produce_synthetic(
     if partition_count(admin, topic) is None:
         create_topic(admin, topic, partitions)
     producer = OutputProducer(kafka.producer())
-    order = interleaving(keys, events_per_key, seed)
+    order = interleaving(keys * events_per_key, keys, seed)
     values = np.random.default_rng(seed + 1).standard_normal((len(order), features)).astype(np.float32)
     started = time.monotonic()
     for i, k in enumerate(order):

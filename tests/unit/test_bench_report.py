@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 
 from worker.bench.drain import DrainResult
-from worker.bench.kafka_io import Produced
 from worker.bench.kernel import KernelResult, Timing
 from worker.bench.latency import LatencyResult
 from worker.bench.report import render
@@ -16,6 +15,7 @@ from worker.bench.results import BenchResults, targets
 from worker.bench.run import BenchOptions, draw_plots
 from worker.bench.state import StateResult
 from worker.cli import build_parser
+from worker.synthetic import Produced
 
 SWEEP = [("tf", 16, 0.001), ("tf", 64, 0.002), ("tf", 256, 0.004), ("xla", 16, 0.0008), ("xla", 256, 0.005)]
 BUSY = {"poll": 2.0, "decode": 1.0, "state": 0.5, "step": 6.0, "produce": 0.4, "commit": 0.1, "restore": 0.0}

@@ -25,7 +25,7 @@ from worker.config import KafkaConfig
 from worker.errors import WorkerError
 from worker.kafka.output import position
 from worker.kafka.topics import create_topic
-from worker.synthetic import key_name
+from worker.synthetic import Produced, interleaving, key_name
 
 log = logging.getLogger(__name__)
 
@@ -36,24 +36,6 @@ class BenchError(WorkerError):
 
 def partition_of(key: bytes, partitions: int) -> int:
     return zlib.crc32(key) % partitions
-
-
-def interleaved_keys(events: int, keys: int, seed: int) -> np.ndarray:
-    """Key index of each event in send order: keys as evenly as possible, shuffled together
-    (the `produce` subcommand's interleaving, for any event count)."""
-    order = np.arange(events) % keys
-    np.random.default_rng(seed).shuffle(order)
-    return order
-
-
-@dataclass(frozen=True)
-class Produced:
-    records: int
-    seconds: float
-
-    @property
-    def per_s(self) -> float:
-        return self.records / self.seconds if self.seconds > 0 else float("nan")
 
 
 class FastProducer:
@@ -121,7 +103,7 @@ class BenchKafka:
 
     def preload_events(self, topic: str, events: int, keys: int, partitions: int, seed: int = 0) -> Produced:
         """`events` events over `keys` keys, pre-encoded (raw float32 x), as fast as the client goes."""
-        order = interleaved_keys(events, keys, seed)
+        order = interleaving(events, keys, seed)
         values = np.random.default_rng(seed + 1).standard_normal((events, 4)).astype(np.float32)
         names = [key_name(k) for k in range(keys)]
         where = [partition_of(k, partitions) for k in names]

@@ -10,10 +10,10 @@ from importlib import metadata
 from typing import TYPE_CHECKING
 
 from worker.bench.drain import DrainResult
-from worker.bench.kafka_io import Produced
 from worker.bench.latency import LatencyResult
 from worker.bench.state import StateResult
 from worker.bench.stats import Target, kernel_rate_at
+from worker.synthetic import Produced
 
 if TYPE_CHECKING:
     from worker.bench.kernel import KernelResult
