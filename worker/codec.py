@@ -215,7 +215,7 @@ class _FixedLayout:
                 fields.append(part)
         self._markers = markers  # field -> type byte written before each of its values
         self._dtype = np.dtype(fields)
-        self._template = self._blank(256)
+        self._template = self._blank(1)  # grows to the largest batch
 
     def _blank(self, rows: int) -> np.ndarray:
         out = np.zeros(rows, dtype=self._dtype)
