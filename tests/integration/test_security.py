@@ -142,6 +142,18 @@ def wait_for_predictions(broker: SaslBroker, topics: Topics, count: int, worker:
         time.sleep(0.5)
 
 
+def predict_all_and_stop(
+    broker: SaslBroker, topics: Topics, positions: list[tuple[int, int]], worker: WorkerProcess
+) -> str:
+    """Every input event predicted (its src in order), a clean stop; the /metrics text meanwhile."""
+    worker.wait_ready()
+    srcs = wait_for_predictions(broker, topics, len(positions), worker)
+    assert srcs == [list(p) for p in positions], worker.log()
+    metrics = worker.get("/metrics")[1]
+    assert worker.stop() == 0, worker.log()
+    return metrics
+
+
 def start(bootstrap: str, model: Path, topics: Topics, log: Path, *extra: str) -> WorkerProcess:
     return WorkerProcess(bootstrap, model, topics, log, "--group-id", group_of(topics), *extra)
 
@@ -178,11 +190,7 @@ def test_plain_credentials_by_flags_process_events_and_leak_no_password(
     flags = x_flags({**sasl_broker.settings("alice", "PLAIN"), "debug": "conf,security"})  # librdkafka's too
     worker = start(sasl_broker.bootstrap, model_file(), topics, tmp_path / "alice.log", "--log-level", "DEBUG", *flags)
     workers.append(worker)
-    worker.wait_ready()
-    srcs = wait_for_predictions(sasl_broker, topics, len(positions), worker)
-    assert srcs == [list(p) for p in positions], worker.log()
-    metrics = worker.get("/metrics")[1]
-    assert worker.stop() == 0, worker.log()
+    metrics = predict_all_and_stop(sasl_broker, topics, positions, worker)
     log = worker.log_path.read_text()
     assert "configuration: RunConfig(" in log and "'sasl.password': '***'" in log, log[-3000:]
     assert "'sasl.username': 'alice'" in log
@@ -203,11 +211,7 @@ def test_scram_credentials_by_environment_over_tls_process_events_exactly_once(
         monkeypatch.setenv("LSTM_WORKER_KAFKA_" + key.upper().replace(".", "_"), value)
     worker = start(sasl_broker.tls_bootstrap, model_file(), topics, tmp_path / "bob.log", *EOS)
     workers.append(worker)
-    worker.wait_ready()
-    srcs = wait_for_predictions(sasl_broker, topics, len(positions), worker)
-    assert srcs == [list(p) for p in positions], worker.log()
-    metrics = worker.get("/metrics")[1]
-    assert worker.stop() == 0, worker.log()
+    metrics = predict_all_and_stop(sasl_broker, topics, positions, worker)
     assert_no_password(worker.log_path.read_text(), metrics)
 
 
