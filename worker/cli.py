@@ -18,7 +18,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
-from worker.config import ENV_PREFIX, KafkaConfig, RunConfig, parse_kafka_overrides, redact_text
+from worker.config import BACKENDS, ENV_PREFIX, KafkaConfig, RunConfig, parse_kafka_overrides, redact_text
 from worker.errors import ConfigError, WorkerError
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,13 @@ def _add_run(sub: Any) -> None:
         0,
         help="numbers per event the producers send; a model of another count is refused at start (0: the model's)",
     )
+    _option(
+        p,
+        "--backend",
+        default="auto",
+        choices=list(BACKENDS),
+        help="step kernel: numpy (no per-call framework cost), tf, xla; auto: numpy when every layer has a NumPy form",
+    )
     _option(p, "--max-event-bytes", int, 1_048_576, help="larger events go to the dead-letter topic (too_large)")
     _option(p, "--poll-batch", int, 4096, help="records per consume() call")
     _option(
@@ -192,7 +199,7 @@ def _add_bench(sub: Any) -> None:
     _option(p, "--drain-events", int, 1_000_000, help="events pre-loaded for the drain and scaling parts")
     _option(p, "--drain-keys", int, 10_000, help="keys of those events (and of the latency part)")
     _option(p, "--partitions", int, 12, help="partitions of every input topic of the benchmark")
-    _option(p, "--latency-seconds", float, 60.0, help="how long the latency part produces at half the drain rate")
+    _option(p, "--latency-seconds", float, 60.0, help="seconds of each latency run (1/2, then 1/4 of the drain rate)")
     _option(p, "--state-keys", int, 1_000_000, help="state records restored, and keys held, in the state part")
     _option(p, "--cold-cache-keys", int, 10_000, help="--cache-keys of the worker measuring cold misses")
     _option(p, "--workdir", default=".cache/bench", help="the reference model and the workers' logs")
@@ -226,7 +233,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from worker.model import StreamingTwin, check_features, fingerprint, load_model
 
     model = load_model(config.model_path)
-    twin = StreamingTwin.from_model(model)
+    twin = StreamingTwin.from_model(model, config.backend)
     check_features(twin.features, config.features, config.model_path)
     metrics = Metrics()
     worker = Worker(config, twin, fingerprint(model), metrics)

@@ -131,28 +131,38 @@ EventRecord = tuple[bytes | None, int, int, int]  # value, partition, offset, re
 class EventDecoder:
     """Decodes a poll's worth of events at once.
 
-    The common event, `{"x": <float32 bytes>}` and nothing else, is recognised by its exact
-    bytes and all such events of a poll become one float32 array in one NumPy call (the
-    finite check too); every other value goes through `decode_event`. Same results, a
-    fraction of the per-event cost.
+    The common events, `{"x": <float32 bytes>}` and `{"x": <float32 bytes>, "ts": <uint64>}`
+    (what `encode_event` writes) and nothing else, are recognised by their exact bytes, and
+    all such events of a poll become float32 and int64 arrays in a few NumPy calls (the finite
+    check too); every other value goes through `decode_event`. Same results, a fraction of
+    the per-event cost.
     """
 
     def __init__(self, features: int, max_bytes: int) -> None:
         self.features = features
         self.max_bytes = max_bytes
         width = 4 * features
-        self._prefix = msgpack.packb({"x": bytes(width)}, use_bin_type=True)[:-width]
-        self._length = len(self._prefix) + width
+        plain = msgpack.packb({"x": bytes(width)}, use_bin_type=True)
+        timed = msgpack.packb({"x": bytes(width), "ts": 2**64 - 1}, use_bin_type=True)  # ts as uint64
+        self._x_at = len(plain) - width
+        self._plain = (len(plain), plain[: self._x_at])
+        self._timed = (len(timed), timed[: self._x_at], timed[self._x_at + width : -8])  # ts: the last 8 bytes
 
     def decode_many(self, records: list[EventRecord]) -> list[Event | CodecError]:
         """One result per record, in order: the event, or the error naming its dead-letter reason."""
         results: list[Event | CodecError | None] = [None] * len(records)
-        fast: list[int] = []
-        prefix, length = self._prefix, self._length
+        plain, timed = [], []
+        (plain_length, plain_prefix), (timed_length, timed_prefix, ts_key) = self._plain, self._timed
+        ts_key_at = self._x_at + 4 * self.features
         for i, (value, partition, offset, record_ts) in enumerate(records):
-            if value is not None and len(value) == length and value.startswith(prefix):
-                fast.append(i)
-                continue
+            if value is not None:
+                size = len(value)
+                if size == plain_length and value.startswith(plain_prefix):
+                    plain.append(i)
+                    continue
+                if size == timed_length and value.startswith(timed_prefix) and value.startswith(ts_key, ts_key_at):
+                    timed.append(i)
+                    continue
             try:
                 results[i] = decode_event(
                     value,
@@ -164,18 +174,33 @@ class EventDecoder:
                 )
             except CodecError as exc:
                 results[i] = exc
-        if fast:
-            raw = np.frombuffer(b"".join([records[i][0] for i in fast]), dtype=np.uint8)  # type: ignore[misc]
-            xs = raw.reshape(len(fast), length)[:, len(prefix) :].copy().view("<f4")
-            finite = np.isfinite(xs).all(axis=1).tolist()
-            for i, x, ok in zip(fast, xs, finite, strict=True):
-                _, partition, offset, record_ts = records[i]
-                results[i] = (
-                    Event(partition, offset, x, record_ts, False, False)
-                    if ok
-                    else CodecError("non_finite", "x holds NaN or infinity")
-                )
+        if plain:
+            self._decode_fixed(records, plain, plain_length, False, results)
+        if timed:
+            self._decode_fixed(records, timed, timed_length, True, results)
         return results  # type: ignore[return-value]
+
+    def _decode_fixed(
+        self,
+        records: list[EventRecord],
+        indexes: list[int],
+        length: int,
+        timed: bool,
+        results: list[Event | CodecError | None],
+    ) -> None:
+        width, x_at = 4 * self.features, self._x_at
+        raw = np.frombuffer(b"".join([records[i][0] for i in indexes]), dtype=np.uint8)  # type: ignore[misc]
+        raw = raw.reshape(len(indexes), length)
+        xs = raw[:, x_at : x_at + width].copy().view("<f4")
+        finite = np.isfinite(xs).all(axis=1).tolist()
+        stamps = raw[:, -8:].copy().view(">u8")[:, 0].tolist() if timed else [records[i][3] for i in indexes]
+        for i, x, ok, ts in zip(indexes, xs, finite, stamps, strict=True):
+            _, partition, offset, _ = records[i]
+            results[i] = (
+                Event(partition, offset, x, ts, False, False)
+                if ok
+                else CodecError("non_finite", "x holds NaN or infinity")
+            )
 
 
 def encode_event(
@@ -195,6 +220,12 @@ def encode_event(
 def _array_header(length: int) -> bytes:
     zeros = msgpack.packb([0] * length)  # the header, then one byte per zero
     return zeros[: len(zeros) - length]
+
+
+# Records from this size up are cut out of the rows one by one rather than out of a copy of
+# them all: measured, 6,600 state records of 2.5 KB in 9 ms instead of 21 ms; records of 70
+# bytes the other way round (0.3 ms against 0.2 ms per 1,000).
+_COPY_ONCE_BYTES = 1024
 
 
 class _FixedLayout:
@@ -226,14 +257,20 @@ class _FixedLayout:
         return out
 
     def rows(self, n: int) -> np.ndarray:
-        """n records with their constant bytes in place, to be filled by the caller."""
+        """n records with their constant bytes in place, for the caller to fill every variable
+        field of and `cut`: the rows are reused by the next call (a copy would cost as much as
+        the encoding itself for large records)."""
         if n > len(self._template):
             self._template = self._blank(max(n, 2 * len(self._template)))
-        return self._template[:n].copy()
+        return self._template[:n]
 
     def cut(self, rows: np.ndarray) -> list[bytes]:
-        buf, size = rows.tobytes(), self._dtype.itemsize
-        return [buf[i : i + size] for i in range(0, len(rows) * size, size)]
+        size = self._dtype.itemsize
+        if size < _COPY_ONCE_BYTES:  # one copy of the batch, then cheap slices
+            buf = rows.tobytes()
+            return [buf[i : i + size] for i in range(0, len(rows) * size, size)]
+        view = rows.view(np.uint8).data  # large records: each copied once, straight from the rows
+        return [bytes(view[i : i + size]) for i in range(0, len(rows) * size, size)]
 
     def parse(self, values: list[bytes | None]) -> tuple[list[int], np.ndarray]:
         """The values written in exactly this layout (length and every constant byte), as rows:

@@ -100,7 +100,11 @@ class KafkaConfig:
             "linger.ms": 5,
             "queue.buffering.max.messages": 1_000_000,
             "queue.buffering.max.kbytes": 1_048_576,
-            "compression.type": "lz4",
+            # no compression: most bytes are state records, float32 that lz4 cannot shrink, and
+            # compressing them cost the broker and the worker enough to take live p50 latency
+            # from 29 ms to 110 ms at 10,000 events/s (BENCHMARKS.md); -X compression.type=lz4
+            # still turns it on
+            "compression.type": "none",
         }
         settings.update(extra)
         settings.update(self.common())  # -X wins over the worker's tuning; protocol keys are refused at parse
@@ -120,6 +124,10 @@ class KafkaConfig:
 
     def admin(self) -> dict[str, Any]:
         return self.common()
+
+
+# step kernels of the streaming twin; "auto" is numpy when the model has a NumPy form, else tf
+BACKENDS = ("auto", "numpy", "tf", "xla")
 
 
 @dataclass(frozen=True)
@@ -147,6 +155,7 @@ class RunConfig:
     processing_guarantee: str = "at_least_once"
     state_ttl_s: float = 0.0
     features: int = 0  # what producers send; 0: whatever the model takes
+    backend: str = "auto"  # one of BACKENDS
 
     def __post_init__(self) -> None:
         positive = {
@@ -170,6 +179,8 @@ class RunConfig:
             raise ConfigError(f"--state-ttl must be 0 (keep states forever) or more seconds, got {self.state_ttl_s}")
         if self.features < 0:
             raise ConfigError(f"--features must be 0 (the model's) or the events' feature count, got {self.features}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.max_delay_ms < 0:
             raise ConfigError(f"--max-delay-ms must be 0 or more, got {self.max_delay_ms}")
         if not 0 <= self.metrics_port <= 65535:

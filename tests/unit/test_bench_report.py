@@ -82,6 +82,7 @@ def full() -> BenchResults:
         drain=drain_result(1, 20_000.0),
         scaling=drain_result(2, 30_000.0),
         latency=latency,
+        latency_low=LatencyResult(4000.0, 5.0, 20_000, 20_000, 20_000, np.arange(1.0, 101.0) / 2),
         state=state,
     )
 
@@ -99,7 +100,8 @@ def test_every_section_with_its_context_and_ratios():
     assert "| drain / kernel at that round size | 0.62 |" in text
     assert "| events predicted / predictions / duplicates | 1,000 / 1,002 / 2 |" in text
     assert "| step | 60.0% (6.0 s) | 60.0% (6.0 s) |" in text
-    assert "| p99 (ms) | 99.0 |" in text
+    assert "| measure | 50% load | 25% load |" in text
+    assert "| p99 (ms) | 99.0 | 49.5 |" in text
     assert "| RSS per resident key (bytes) | 3,000 |" in text
     assert "| cold misses served per second | 495 |" in text
     assert "Two workers / one: **1.50x**." in text

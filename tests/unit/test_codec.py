@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from worker import codec
 from worker.codec import (
     MAX_MAP_LEN,
     WIRE_VERSION,
@@ -329,8 +330,10 @@ def _outcome(result):
     return (result.partition, result.offset, result.x.tobytes(), result.ts, result.reset, result.end)
 
 
-fast_path_values = st.lists(st.floats(width=32), min_size=FEATURES, max_size=FEATURES).map(
-    lambda v: encode_event(np.array(v, dtype=np.float32))
+fast_path_values = st.builds(
+    lambda v, ts: encode_event(np.array(v, dtype=np.float32), ts=ts),
+    st.lists(st.floats(width=32), min_size=FEATURES, max_size=FEATURES),
+    st.none() | st.integers(0, 2**64 - 1) | st.sampled_from([2**32, 2**63 - 1, 2**63, 2**64 - 1]),
 )
 
 
@@ -358,13 +361,16 @@ def test_decode_many_gives_what_decode_event_gives_record_by_record(values):
     assert list(map(_outcome, got)) == list(map(_outcome, expected))
 
 
-def test_decode_many_takes_the_fast_path_for_plain_float32_events():
+@pytest.mark.parametrize("ts", [None, 1_795_905_342_136, 2**64 - 1])
+def test_decode_many_takes_the_fast_path_for_float32_events_with_or_without_ts(ts, monkeypatch):
     values = np.arange(12, dtype=np.float32).reshape(3, FEATURES)
-    records = [(encode_event(row), 0, i, RECORD_TS) for i, row in enumerate(values)]
-    records.append((encode_event(np.array([0, np.inf, 0, 0], dtype=np.float32)), 0, 3, RECORD_TS))
+    records = [(encode_event(row, ts=ts), 0, i, RECORD_TS) for i, row in enumerate(values)]
+    records.append((encode_event(np.array([0, np.inf, 0, 0], dtype=np.float32), ts=ts), 0, 3, RECORD_TS))
+    monkeypatch.setattr(codec, "decode_event", lambda *a, **k: pytest.fail("took the general decoder"))
     got = EventDecoder(FEATURES, MAX_BYTES).decode_many(records)
     np.testing.assert_array_equal(np.stack([e.x for e in got[:3]]), values)
     assert [e.offset for e in got[:3]] == [0, 1, 2]
+    assert [e.ts for e in got[:3]] == [RECORD_TS if ts is None else ts] * 3
     assert isinstance(got[3], CodecError) and got[3].reason == "non_finite"
 
 

@@ -227,6 +227,7 @@ def test_valid_run_config_and_defaults(model_file):
     config = run_config(model_file)
     assert (config.max_batch_keys, config.max_steps, config.max_delay_ms, config.cache_keys) == (1024, 16, 5, 100_000)
     assert config.round_keys == 1024
+    assert config.backend == "auto"
 
 
 @pytest.mark.parametrize(
@@ -241,6 +242,7 @@ def test_valid_run_config_and_defaults(model_file):
         ("max_delay_ms", -1, "--max-delay-ms"),
         ("metrics_port", -1, "--metrics-port"),
         ("metrics_port", 65536, "--metrics-port"),
+        ("backend", "jax", "--backend"),
     ],
 )
 def test_bad_value_is_config_error_naming_the_flag(model_file, field, value, flag):
@@ -364,6 +366,7 @@ def test_bad_number_in_flag_exits():
     [
         ("LSTM_WORKER_CELL", "transformer", ["make-model", "--out", "m.keras"]),
         ("LSTM_WORKER_X_FORMAT", "csv", ["produce", "--topic", "events"]),
+        ("LSTM_WORKER_BACKEND", "jax", ["run", "--model", "m.keras", "--input-topic", "i", "--output-topic", "o"]),
     ],
 )
 def test_env_value_outside_the_choices_exits(monkeypatch, name, value, argv):

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from worker.errors import ModelError
+from worker.errors import ConfigError, ModelError
 from worker.model import StreamingTwin, make_reference_model
 
 FEATURES = 4
@@ -170,11 +170,13 @@ def _stream(twin: StreamingTwin, x: np.ndarray, schedule: Sequence[int], seed: i
     raise AssertionError("unreachable: the schedule cycles forever")
 
 
+@pytest.mark.parametrize("backend", ["numpy", "tf"])
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_twin_matches_model_on_every_prefix(name: str) -> None:
+def test_twin_matches_model_on_every_prefix(name: str, backend: str) -> None:
     keras.utils.set_random_seed(0)
     model = _perturb(MODELS[name]())
-    twin = StreamingTwin.from_model(model)
+    twin = StreamingTwin.from_model(model, backend=backend)
+    assert twin.backend == backend
     x = _histories(mask_value_steps=name == "masked")
     expected = _prefix_outputs(model, x)
     assert twin.output_dim == expected.shape[-1]
@@ -186,9 +188,9 @@ def test_twin_matches_model_on_every_prefix(name: str) -> None:
                 expected[key, :length],
                 atol=TOLERANCE,
                 rtol=0,
-                err_msg=f"{name}: key {key}, chunks {schedule}",
+                err_msg=f"{name} ({backend}): key {key}, chunks {schedule}",
             )
-    assert twin.tracing_count == 2
+    assert twin.tracing_count == (2 if backend == "tf" else 0)
 
 
 def test_masked_value_step_keeps_the_state() -> None:
@@ -235,7 +237,7 @@ def test_state_layout_is_h_then_c_per_layer() -> None:
 
 def test_no_retracing_across_batch_sizes_and_lengths() -> None:
     keras.utils.set_random_seed(0)
-    twin = StreamingTwin.from_model(_lstm())
+    twin = StreamingTwin.from_model(_lstm(), backend="tf")
     for batch, steps in [(1, 1), (5, 3), (64, 1), (2, 9), (1, 1)]:
         y, state = twin.step(
             np.zeros((batch, steps, FEATURES), dtype=np.float32),
@@ -247,22 +249,35 @@ def test_no_retracing_across_batch_sizes_and_lengths() -> None:
     assert twin.tracing_count == 2
 
 
-def test_xla_backend_matches_tf() -> None:
+@pytest.mark.parametrize("backend", ["xla", "numpy"])
+def test_backend_matches_tf_on_padded_and_masked_rows(backend: str) -> None:
     keras.utils.set_random_seed(0)
     model = _perturb(_mixed())
-    tf_twin = StreamingTwin.from_model(model)
-    xla_twin = StreamingTwin.from_model(model, backend="xla")
+    tf_twin = StreamingTwin.from_model(model, backend="tf")
+    other = StreamingTwin.from_model(model, backend=backend)
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(3, 3, FEATURES)).astype(np.float32)  # padded to a (4, 4) bucket
+    x = rng.normal(size=(3, 3, FEATURES)).astype(np.float32)  # xla pads it to a (4, 4) bucket
     mask = np.arange(3)[None, :] < np.array([[3], [1], [0]])
     state = rng.normal(size=(3, tf_twin.state_dim)).astype(np.float32)
     y_tf, s_tf = tf_twin.step(x, mask, state)
-    y_xla, s_xla = xla_twin.step(x, mask, state)
-    assert y_xla.shape == y_tf.shape and s_xla.shape == s_tf.shape
-    np.testing.assert_allclose(s_xla, s_tf, atol=TOLERANCE, rtol=0)
-    np.testing.assert_allclose(y_xla[mask], y_tf[mask], atol=TOLERANCE, rtol=0)
-    np.testing.assert_array_equal(s_xla[2], state[2])
-    assert xla_twin.tracing_count == 2
+    y_other, s_other = other.step(x, mask, state)
+    assert y_other.shape == y_tf.shape and s_other.shape == s_tf.shape
+    assert y_other.dtype == s_other.dtype == np.float32
+    np.testing.assert_allclose(s_other, s_tf, atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(y_other[mask], y_tf[mask], atol=TOLERANCE, rtol=0)
+    np.testing.assert_array_equal(s_other[2], state[2])
+
+
+def test_auto_serves_with_numpy_unless_a_layer_has_no_numpy_form() -> None:
+    assert StreamingTwin.from_model(make_reference_model()).backend == "numpy"
+    gelu_head = keras.Sequential(
+        [keras.Input(shape=(None, FEATURES)), keras.layers.LSTM(4), keras.layers.Dense(2, activation="gelu")]
+    )
+    assert StreamingTwin.from_model(gelu_head).backend == "tf"
+    with pytest.raises(ModelError, match=r"activation 'gelu' of layer 'dense.*' has no NumPy form; use tf"):
+        StreamingTwin.from_model(gelu_head, backend="numpy")
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        StreamingTwin.from_model(gelu_head, backend="jax")
 
 
 def test_step_rejects_wrong_shapes() -> None:

@@ -2,7 +2,7 @@
 
 kernel.py   parts 1-2: the step kernel per backend and round size, the source's baselines
 drain.py    parts 3 and 6: one, then two worker processes drain a pre-loaded topic
-latency.py  part 4: latency at half the drain rate
+latency.py  part 4: latency at half and at a quarter of the drain rate
 state.py    part 5: restore of a state topic, RSS per resident key, cold misses
 kafka_io.py the benchmark's topics, fast producing, predictions read back (log-append times)
 process.py  worker processes under test;  scrape.py: their metrics and /proc

@@ -9,7 +9,6 @@ full-history outputs (1e-5) before its time counts.
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import keras
 import numpy as np
 
 from worker.model.reference import make_reference_model
-from worker.model.twin import _BACKENDS, StreamingTwin
+from worker.model.twin import KERNELS, StreamingTwin
 
 FEATURES, UNITS = 4, (100, 200)
 ROUND_SIZES = (1, 4, 16, 64, 256, 1024, 4096)
@@ -54,14 +53,9 @@ def _timed(fn: Callable[[], object], min_seconds: float) -> float:
     return elapsed / calls
 
 
-def worker_backend() -> str:
-    """The backend `lstm-worker run` serves with (the twin's default)."""
-    return str(inspect.signature(StreamingTwin.from_model).parameters["backend"].default)
-
-
 def kernel_sweep(
     model: keras.Model,
-    backends: tuple[str, ...] = _BACKENDS,
+    backends: tuple[str, ...] = KERNELS,
     sizes: tuple[int, ...] = ROUND_SIZES,
     min_seconds: float = 1.0,
 ) -> list[tuple[str, int, float]]:
@@ -140,8 +134,22 @@ def _stepwise(
     return np.array(out)
 
 
+def _per_event_steps(twin: StreamingTwin, xs: np.ndarray) -> Callable[[], np.ndarray]:
+    """One key's events, one twin step each: the cost of serving without rounds across keys."""
+    twin.step(xs[:, :1], np.ones((1, 1), bool), twin.zero_state(1))  # traced before timing
+
+    def steps() -> np.ndarray:
+        state, out = twin.zero_state(1), []
+        for t in range(xs.shape[1]):
+            y, state = twin.step(xs[:, t : t + 1], np.ones((1, 1), bool), state)
+            out.append(float(y[0, 0, 0]))
+        return np.array(out)
+
+    return steps
+
+
 def baselines(model: keras.Model, events: int = 200) -> list[Timing]:
-    """The source's four approaches and a per-event compiled step, on one key's `events` events."""
+    """The source's four approaches and a per-event twin step (NumPy, compiled), on one key's `events` events."""
     xs = np.random.default_rng(1).standard_normal((1, events, FEATURES)).astype(np.float32)
     units = [layer.units for layer in model.layers if isinstance(layer, keras.layers.LSTM)]
     expected = np.array([float(model(xs[:, : i + 1])[0, 0]) for i in range(events)])
@@ -185,17 +193,11 @@ def baselines(model: keras.Model, events: int = 200) -> list[Timing]:
         "explicit state, subclassed model, predict per event",
         lambda: _stepwise(lambda inputs: subclassed.predict(inputs, verbose=0), xs, units),
     )
-    twin = StreamingTwin.from_model(model)
-    twin.step(xs[:, :1], np.ones((1, 1), bool), np.zeros((1, twin.state_dim), np.float32))  # traced before timing
-
-    def per_event_step() -> np.ndarray:
-        state, out = np.zeros((1, twin.state_dim), np.float32), []
-        for t in range(events):
-            y, state = twin.step(xs[:, t : t + 1], np.ones((1, 1), bool), state)
-            out.append(float(y[0, 0, 0]))
-        return np.array(out)
-
-    run("streaming twin, one compiled step per event (round size 1)", per_event_step)
+    for backend, name in (
+        ("numpy", "streaming twin, one NumPy step per event (round size 1)"),
+        ("tf", "streaming twin, one compiled step per event (round size 1)"),
+    ):
+        run(name, _per_event_steps(StreamingTwin.from_model(model, backend=backend), xs))
     return timings
 
 
@@ -221,4 +223,5 @@ def measure_kernel(min_seconds: float = 1.0, events: int = 200) -> KernelResult:
     """Parts 1 and 2 on the reference model (seed 0, as `make-model` writes it)."""
     model = make_reference_model(FEATURES, UNITS, seed=0)
     sweep = kernel_sweep(model, min_seconds=min_seconds)
-    return KernelResult(sweep, baselines(model, events), worker_backend(), flops_per_event())
+    served_by = StreamingTwin.from_model(model).backend  # what `lstm-worker run` resolves "auto" to
+    return KernelResult(sweep, baselines(model, events), served_by, flops_per_event())

@@ -4,10 +4,10 @@ and a hand-written analysis (`bench/ANALYSIS.md` next to the report) when there 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from worker.bench.drain import DrainResult
-from worker.bench.latency import PRODUCER_LINGER_MS
+from worker.bench.latency import PRODUCER_LINGER_MS, LatencyResult
 from worker.bench.results import BenchResults, targets
 from worker.bench.stats import shares
 
@@ -131,31 +131,43 @@ def latency_section(r: BenchResults) -> list[str]:
     lat = r.latency
     if lat is None:
         return []
-    q, w = lat.quantiles, lat.warmup_quantiles
+    runs = [run for run in (lat, r.latency_low) if run is not None]
     lines = [
         "## 4. Latency under load",
         "",
         _context(r),
         "",
         f"A producer at {lat.target_per_s:,.0f} events/s (50% of the drain rate above) for {lat.seconds:.0f} s into a",
-        "fresh topic, the worker ready before the first event, default `--max-delay-ms`. Latency = the",
-        "prediction's log-append time - the event's `ts` (set when handed to the producer,",
-        f"`linger.ms` {PRODUCER_LINGER_MS}). The events of the first {lat.warmup_s:g} s warm the worker up: they are",
-        "shown apart and not counted in the quantiles.",
+        "fresh topic, then again at 25% into another, each with a fresh worker ready before the first",
+        "event, default `--max-delay-ms`. Latency = the prediction's log-append time - the event's `ts`",
+        f"(set when handed to the producer, `linger.ms` {PRODUCER_LINGER_MS}). The events of the first",
+        f"{lat.warmup_s:g} s warm the worker up: they are shown apart and not counted in the quantiles.",
         "",
     ]
+
+    def row(what: str, value: Callable[[LatencyResult], str]) -> tuple[str, ...]:
+        return (what, *(value(run) for run in runs))
+
+    def quantile(q: float) -> Callable[[LatencyResult], str]:
+        return lambda run: f"{run.quantiles[q]:.1f}"
+
     rows = [
-        ("achieved rate (events/s)", f"{lat.achieved_per_s:,.0f}"),
-        ("worker's rate, first to last prediction (events/s)", f"{lat.served_per_s:,.0f}"),
-        ("events / predicted (warm-up included)", f"{lat.sent:,} / {lat.distinct:,}"),
-        ("events counted (after the warm-up)", f"{lat.latency_ms.size:,}"),
-        ("p50 (ms)", f"{q[50.0]:.1f}"),
-        ("p99 (ms)", f"{q[99.0]:.1f}"),
-        ("p99.9 (ms)", f"{q[99.9]:.1f}"),
-        ("max (ms)", f"{float(lat.latency_ms.max()) if lat.latency_ms.size else float('nan'):.1f}"),
-        (f"warm-up, first {lat.warmup_s:g} s: p50 / p99 (ms)", f"{w[50.0]:.1f} / {w[99.0]:.1f}"),
+        row("achieved rate (events/s)", lambda run: f"{run.achieved_per_s:,.0f}"),
+        row("worker's rate, first to last prediction (events/s)", lambda run: f"{run.served_per_s:,.0f}"),
+        row("events / predicted (warm-up included)", lambda run: f"{run.sent:,} / {run.distinct:,}"),
+        row("events counted (after the warm-up)", lambda run: f"{run.latency_ms.size:,}"),
+        row("p50 (ms)", quantile(50.0)),
+        row("p99 (ms)", quantile(99.0)),
+        row("p99.9 (ms)", quantile(99.9)),
+        row("max (ms)", lambda run: f"{float(run.latency_ms.max()) if run.latency_ms.size else float('nan'):.1f}"),
+        row(
+            f"warm-up, first {lat.warmup_s:g} s: p50 / p99 (ms)",
+            lambda run: f"{run.warmup_quantiles[50.0]:.1f} / {run.warmup_quantiles[99.0]:.1f}",
+        ),
     ]
-    return lines + table(["measure", "value"], rows, (1,)) + _plot(r, "latency", "latency distribution")
+    heads = ["measure", *(f"{share} load" for share in ("50%", "25%")[: len(runs)])]
+    right = tuple(range(1, len(runs) + 1))
+    return lines + table(heads, rows, right) + _plot(r, "latency", "latency distribution at 50% load")
 
 
 def state_section(r: BenchResults) -> list[str]:

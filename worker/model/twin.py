@@ -20,7 +20,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from worker.config import BACKENDS
 from worker.errors import ConfigError, ModelError
+from worker.model.numpy_step import NoNumpyFormError, NumpyStep
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ _PER_STEP: tuple[type[keras.layers.Layer], ...] = (
     keras.layers.Rescaling,
 )
 _IDENTITY: tuple[type[keras.layers.Layer], ...] = (keras.layers.InputLayer, keras.layers.Dropout)
-_BACKENDS = ("tf", "xla")
+KERNELS = BACKENDS[1:]  # what "auto" resolves to
 
 # "seq": apply to [B, T, dim]; "flat": apply to [B*T, dim] because the original saw one
 # vector per row; "masking": a Masking layer; "recurrent": run the layer's cell over time.
@@ -66,13 +68,36 @@ class StreamingTwin:
         self._features = features
         self._state_sizes = [size for stage in stages if stage.kind == "recurrent" for size in _sizes(stage.layer)]
         self._state_dim = sum(self._state_sizes)
+        self._numpy = self._numpy_step(stages, backend)
+        self.backend = "numpy" if self._numpy else ("tf" if backend == "auto" else backend)
         # XLA compiles once per distinct shape: pad to power-of-two buckets to bound that.
-        self._bucketed = backend == "xla"
+        self._bucketed = self.backend == "xla"
+        self._functions: list[Any] = []
+        if self._numpy:
+            self._output_dim = int(self._numpy(*self._zeros(1, 1))[0].shape[-1])
+            return
         # Two fixed signatures, so no retracing per batch size: any number of steps, and
         # exactly one step, which skips the time loop (most rounds have one event per key).
         self._functions = [self._compile(steps, features) for steps in (None, 1)]
         self._concrete, self._concrete_one_step = (f.get_concrete_function() for f in self._functions)
         self._output_dim = int(self._concrete.structured_outputs[0].shape[-1])
+
+    @staticmethod
+    def _numpy_step(stages: list[_Stage], backend: str) -> NumpyStep | None:
+        """The NumPy kernel when asked for or when "auto" finds a NumPy form of every layer."""
+        if backend not in ("auto", "numpy"):
+            return None
+        try:
+            return NumpyStep([(stage.kind, stage.layer) for stage in stages])
+        except NoNumpyFormError as exc:
+            if backend == "numpy":
+                raise ModelError(f"backend numpy cannot serve this model: {exc} has no NumPy form; use tf") from exc
+            log.info("serving with TensorFlow: %s has no NumPy form", exc)
+            return None
+
+    def _zeros(self, batch: int, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x = np.zeros((batch, steps, self._features), np.float32)
+        return x, np.ones((batch, steps), bool), self.zero_state(batch)
 
     def _compile(self, steps: int | None, features: int) -> Any:
         return tf.function(
@@ -87,21 +112,23 @@ class StreamingTwin:
         )
 
     @classmethod
-    def from_model(cls, model: keras.Model, backend: str = "tf") -> StreamingTwin:
+    def from_model(cls, model: keras.Model, backend: str = "auto") -> StreamingTwin:
         """Check that `model` can be served one step at a time and build its twin.
 
-        backend "tf" runs the TensorFlow graph; "xla" jit-compiles it, which cuts per-call
-        overhead but compiles (~0.5 s) once per power-of-two bucket of batch size and length.
+        backend "numpy" runs keras' formulas in NumPy (no per-call framework cost); "tf"
+        runs the TensorFlow graph; "xla" jit-compiles it, which compiles (~0.5 s) once per
+        power-of-two bucket of batch size and length; "auto" is numpy when every layer has
+        a NumPy form, else tf.
         """
-        if backend not in _BACKENDS:
-            raise ConfigError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
         features = _input_features(model)
         chain = _linear_chain(model)
         twin = cls(_plan(chain), [layer.name for layer in chain], features, backend)
         log.info(
             "streaming twin of model %r (%s): layers %s, state sizes %s",
             model.name,
-            backend,
+            twin.backend,
             twin.layer_names,
             twin.state_sizes,
         )
@@ -130,7 +157,7 @@ class StreamingTwin:
 
     @property
     def tracing_count(self) -> int:
-        """How often the step functions were traced; stays 2 whatever the batch shapes."""
+        """How often the step functions were traced; stays 2 (tf, xla) whatever the batch shapes."""
         return sum(int(f.experimental_get_tracing_count()) for f in self._functions)
 
     def zero_state(self, batch: int) -> np.ndarray:
@@ -148,6 +175,8 @@ class StreamingTwin:
         mask = np.asarray(mask, dtype=bool)
         state = np.asarray(state, dtype=np.float32)
         self._check_shapes(x, mask, state)
+        if self._numpy:
+            return self._numpy(x, mask, state)
         batch, steps = mask.shape
         if self._bucketed:
             x, mask, state = _pad_to_bucket(x, mask, state)
