@@ -334,6 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(args, "log_level", "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # The NumPy step kernel's products on one BLAS thread (read when NumPy loads, which no
+    # import above does): two threads drained no faster on 2 cores and took 1.7 cores, not 1.0
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         return _COMMANDS[args.command](args)
     except WorkerError as exc:

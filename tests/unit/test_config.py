@@ -211,6 +211,18 @@ def test_run_logs_its_configuration_redacted_before_connecting(model_file, capsy
     assert "hunter2" not in logged + err
 
 
+@pytest.mark.parametrize(("given", "expected"), [(None, "1"), ("2", "2")])
+def test_commands_run_the_blas_on_one_thread_unless_told_otherwise(model_file, monkeypatch, given, expected):
+    monkeypatch.setattr("worker.kafka.access.check_client_access", lambda kafka, group: 1 / 0)
+    if given is None:
+        monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", given)
+    with pytest.raises(ZeroDivisionError):  # stopped before anything connects
+        main(["run", "--model", model_file, "--input-topic", "in", "--output-topic", "out"])
+    assert os.environ["OPENBLAS_NUM_THREADS"] == expected
+
+
 def test_x_settings_win_over_the_workers_tuning():
     kafka = KafkaConfig("b:9092", (("session.timeout.ms", "45000"), ("message.timeout.ms", "60000")))
     assert (

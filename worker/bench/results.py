@@ -44,11 +44,11 @@ class BenchResults:
     drain: DrainResult | None = None
     scaling: DrainResult | None = None
     latency: LatencyResult | None = None  # at LOAD_SHARE of the drain rate
-    latency_low: LatencyResult | None = None  # at LOW_LOAD_SHARE: what a worker serves live when it keeps up
     state: StateResult | None = None
     plots: dict[str, str] = field(default_factory=dict)  # plot name -> path relative to the report
     errors: dict[str, str] = field(default_factory=dict)  # part -> why it failed
     wall_s: float = 0.0
+    latency_low: LatencyResult | None = None  # at LOW_LOAD_SHARE: what a worker serves live when it keeps up
 
     @property
     def kernel_at_drain(self) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -21,6 +22,26 @@ from worker.metrics import Metrics
 from worker.state.cache import EntityId, StateCache
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Queued:
+    """States copied at a commit point; records [0, produced) are produced already."""
+
+    ids: list[EntityId]
+    states: np.ndarray
+    step: np.ndarray
+    partitions: np.ndarray
+    src: np.ndarray
+    ts: np.ndarray
+    produced: int = 0
+
+    def without(self, partition: int) -> _Queued | None:
+        keep = np.flatnonzero(self.partitions[self.produced :] != partition) + self.produced
+        if not len(keep):
+            return None
+        ids = [self.ids[i] for i in keep.tolist()]
+        return _Queued(ids, self.states[keep], self.step[keep], self.partitions[keep], self.src[keep], self.ts[keep])
 
 
 class StateStore:
@@ -44,6 +65,7 @@ class StateStore:
         # partition -> key -> (event ts, input offset) of the last event in the written state
         self.seen: dict[int, dict[bytes, tuple[int, int]]] = {}
         self.ended: dict[EntityId, int] = {}
+        self._queue: _Queued | None = None  # states of the last commit point, being produced
 
     # -- restore and forget -------------------------------------------------------
 
@@ -114,7 +136,10 @@ class StateStore:
         cache.step[rows], cache.src[rows], cache.ts[rows] = batch.step[js], batch.src_offset[js], batch.ts[js]
 
     def forget(self, partition: int) -> None:
-        """Drop a revoked partition; its dirty states must have been written first."""
+        """Drop a revoked partition; its dirty states must have been written first (a lost
+        partition's queued states are dropped: another member may own it already)."""
+        if self._queue is not None:
+            self._queue = self._queue.without(partition)
         self.index.pop(partition, None)
         self.seen.pop(partition, None)
         self.cache.remove_partition(partition)
@@ -204,23 +229,55 @@ class StateStore:
 
     # -- writes -------------------------------------------------------------------
 
-    def write_dirty(self, producer: OutputProducer, topic: str) -> int:
-        """Produce every dirty state (caller has flushed the predictions before), encoded together."""
+    def queue_dirty(self, producer: OutputProducer, topic: str) -> int:
+        """Take a copy of every dirty state to be written by `write_queued`, in slices between
+        rounds: the caller has flushed the predictions before, and rounds may go on changing
+        the rows (the copy is what the commit point covers). The rows stay pinned until their
+        records are acknowledged. What an earlier call queued is written first."""
+        self.write_queued(producer, topic)
         rows = np.array(self.cache.take_dirty(), dtype=np.int64)
         if not len(rows):
             return 0
         cache = self.cache
         ids = [cache.entity(row) for row in rows.tolist()]
         partitions = np.fromiter((p for p, _ in ids), dtype=np.int64, count=len(ids))
-        src, ts = cache.src[rows], cache.ts[rows]
-        values = self.encoder.encode(cache.states[rows], cache.step[rows], partitions, src, ts)
-        for (partition, key), value, last in zip(ids, values, zip(ts.tolist(), src.tolist(), strict=True), strict=True):
+        self._queue = _Queued(ids, cache.states[rows], cache.step[rows], partitions, cache.src[rows], cache.ts[rows])
+        return len(rows)
+
+    @property
+    def queued(self) -> int:
+        """States taken by `queue_dirty` and not produced yet."""
+        return 0 if self._queue is None else len(self._queue.ids) - self._queue.produced
+
+    def write_queued(self, producer: OutputProducer, topic: str, limit: int | None = None) -> int:
+        """Produce the next `limit` queued states (all when None), encoded together."""
+        queue = self._queue
+        if queue is None:
+            return 0
+        start = queue.produced
+        end = len(queue.ids) if limit is None else min(len(queue.ids), start + limit)
+        part = slice(start, end)
+        src, ts = queue.src[part], queue.ts[part]
+        values = self.encoder.encode(queue.states[part], queue.step[part], queue.partitions[part], src, ts)
+        for (partition, key), value, last in zip(
+            queue.ids[part], values, zip(ts.tolist(), src.tolist(), strict=True), strict=True
+        ):
             producer.produce(topic, key, value, partition)
             seen = self.seen.get(partition)
             if seen is not None:
                 seen[key] = last
-        self.metrics.state_writes.labels("state").inc(len(rows))
-        return len(rows)
+        queue.produced = end
+        if end == len(queue.ids):
+            self._queue = None
+        self.metrics.state_writes.labels("state").inc(end - start)
+        return end - start
+
+    def write_dirty(self, producer: OutputProducer, topic: str) -> int:
+        """Produce every queued and dirty state now (caller has flushed the predictions before);
+        returns how many."""
+        written = self.write_queued(producer, topic)
+        self.queue_dirty(producer, topic)
+        return written + self.write_queued(producer, topic)
 
     def write_tombstones(self, producer: OutputProducer, topic: str, committed: dict[int, int]) -> int:
         """Tombstone ended keys whose end event is below the committed offset."""
