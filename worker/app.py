@@ -33,8 +33,9 @@ from worker.state.store import StateStore
 log = logging.getLogger(__name__)
 _RESTORE_SLICE = 20_000  # state records per loop iteration while restoring (about 0.2 s)
 # at least once, state records produced per loop iteration after a commit point (~3 ms of
-# encoding and producing): writing a commit point's states at once stalled the loop 50-130 ms
-# at 10,000 events/s over 10,000 keys, the largest part of the p99 latency
+# encoding and producing), more when needed to have them all out within half the commit
+# interval: writing a commit point's states at once stalled the loop 50-130 ms at 10,000
+# events/s over 10,000 keys, the largest part of the p99 latency
 _STATE_WRITE_SLICE = 512
 
 
@@ -103,6 +104,7 @@ class Worker:
         self._next_expiry = 0.0
         self._commit_in_flight = False
         self._pending_offsets: list[TopicPartition] = []  # at least once: committed once their states are acked
+        self._queued_at = 0.0  # when the last commit point queued its states
         self._stopping = False
         self._failed = False
         self._joined = False
@@ -165,7 +167,8 @@ class Worker:
                     self._run_round()
                 self.producer.poll()
                 if not self._eos:
-                    self.store.write_queued(self.producer, cfg.state_topic, _STATE_WRITE_SLICE)
+                    share = (time.monotonic() - self._queued_at) / (cfg.commit_interval_ms / 2000.0)
+                    self.store.write_queued_share(self.producer, cfg.state_topic, share, _STATE_WRITE_SLICE)
                     self._commit_acknowledged()
                 clock.lap("produce")
                 if time.monotonic() >= next_commit:
@@ -363,7 +366,8 @@ class Worker:
     def _commit_offsets(self, wait: bool) -> None:
         """At least once, pipelined: flush (the predictions, and the states queued at the
         previous commit point), commit that point's offsets, then queue the dirty states: the
-        loop produces them a slice per iteration and commits their offsets once they are all
+        loop produces them a slice per iteration, all within half the commit interval, and
+        commits their offsets once they are all
         acknowledged (`_commit_acknowledged`), or the next commit point does. A state never gets
         ahead of its predictions, an offset never ahead of its states, and the loop waits only
         for what was produced since the last flush. `wait` (revoke, shutdown): all of it now,
@@ -373,6 +377,7 @@ class Worker:
         self.producer.flush()
         self._commit_pending(wait)
         self.store.queue_dirty(self.producer, topic)
+        self._queued_at = time.monotonic()
         self._pending_offsets = self._offsets_to_commit()
         if wait:
             self.store.write_queued(self.producer, topic)

@@ -95,3 +95,14 @@ def test_a_lost_partitions_queued_states_are_never_produced():
     assert store.queued == 2
     store.write_queued(producer, TOPIC)
     assert [(p, k) for _, k, _, p in producer.records] == [(0, b"a"), (1, b"c"), (1, b"d")]
+
+
+def test_paced_writes_follow_the_share_of_time_and_never_fall_below_the_slice():
+    store, _ = store_with(KEYS)
+    producer = RecordingProducer()
+    store.queue_dirty(producer, TOPIC)
+    assert store.write_queued_share(producer, TOPIC, share=0.0, at_least=1) == 1
+    assert store.write_queued_share(producer, TOPIC, share=0.6, at_least=1) == 2  # ceil(0.6 x 5) = 3 out
+    assert store.write_queued_share(producer, TOPIC, share=0.6, at_least=1) == 1  # the slice
+    assert store.write_queued_share(producer, TOPIC, share=7.0, at_least=1) == 1  # late: all the rest
+    assert store.queued == 0 and len(producer.records) == 5

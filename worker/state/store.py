@@ -9,6 +9,7 @@ cannot re-apply them) and tombstoned only once the input offsets past them are c
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -271,6 +272,16 @@ class StateStore:
             self._queue = None
         self.metrics.state_writes.labels("state").inc(end - start)
         return end - start
+
+    def write_queued_share(self, producer: OutputProducer, topic: str, share: float, at_least: int) -> int:
+        """Produce queued states until `share` (0 to 1) of those the commit point took are
+        out, and at least `at_least` of them: paced by time, not by loop iterations, which
+        are long under a backlog."""
+        queue = self._queue
+        if queue is None:
+            return 0
+        due = math.ceil(min(1.0, share) * len(queue.ids)) - queue.produced
+        return self.write_queued(producer, topic, max(due, at_least))
 
     def write_dirty(self, producer: OutputProducer, topic: str) -> int:
         """Produce every queued and dirty state now (caller has flushed the predictions before);
