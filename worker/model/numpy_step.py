@@ -94,7 +94,21 @@ class _Recurrent:
             # LSTM and SimpleRNN: x @ W + h @ U + b as one product of [x, h] and [W; U].
             self.fused = np.concatenate([kernel, recurrent])
             self.bias = bias if bias is not None else np.zeros(kernel.shape[1], np.float32)
+            if self.kind == "LSTM":
+                self._gates_first()
         self.state_count = 2 if self.kind == "LSTM" else 1
+
+    def _gates_first(self) -> None:
+        """LSTM columns reordered i, f, o, g (keras: i, f, g, o), so one call activates the three
+        gates. With sigmoid gates their columns are also halved (exact in floating point):
+        sigmoid(z) = 0.5 * tanh(z / 2) + 0.5 is then a tanh in place and two passes."""
+        n = self.units
+        order = np.r_[0 : 2 * n, 3 * n : 4 * n, 2 * n : 3 * n]
+        self.fused, self.bias = np.ascontiguousarray(self.fused[:, order]), self.bias[order]
+        self.halved_gates = self.rec_act is _sigmoid
+        if self.halved_gates:
+            self.fused[:, : 3 * n] *= 0.5
+            self.bias[: 3 * n] *= 0.5
 
     def cell(self, x: Array, states: list[Array]) -> list[Array]:
         """One step of every row; returns the new states (h first)."""
@@ -103,10 +117,17 @@ class _Recurrent:
             h, c = states
             z = np.concatenate([x, h], axis=1) @ self.fused
             z += self.bias
-            i, f, g, o = (z[:, k * n : (k + 1) * n] for k in range(4))
-            c_new = self.rec_act(f) * c
-            c_new += self.rec_act(i) * self.act(g)
-            return [self.rec_act(o) * self.act(c_new), c_new]
+            if self.halved_gates:
+                gates = z[:, : 3 * n]
+                np.tanh(gates, out=gates)
+                gates *= 0.5
+                gates += 0.5
+            else:
+                gates = self.rec_act(z[:, : 3 * n])
+            i, f, o = gates[:, :n], gates[:, n : 2 * n], gates[:, 2 * n :]
+            c_new = f * c
+            c_new += i * self.act(z[:, 3 * n :])
+            return [o * self.act(c_new), c_new]
         if self.kind == "SimpleRNN":
             z = np.concatenate([x, states[0]], axis=1) @ self.fused
             z += self.bias
