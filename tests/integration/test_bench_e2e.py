@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from worker.bench.drain import drain, preload
-from worker.bench.kafka_io import BenchKafka
+from worker.bench.kafka_io import BenchError, BenchKafka
 from worker.bench.kernel import KernelResult, Timing
 from worker.bench.latency import latency
 from worker.bench.process import Launcher
@@ -31,6 +31,8 @@ def test_drain_latency_and_state_measure_real_workers(broker: str, tmp_path: Pat
     launcher = Launcher(bench.kafka, model, tmp_path)
     try:
         data = preload(bench, EVENTS, KEYS, PARTITIONS)
+        with pytest.raises(BenchError, match="created before in this run"):  # no part reads another's records
+            bench.create(data.topic, PARTITIONS)
         one = drain(bench, launcher, data, workers=1)
         lat = latency(bench, launcher, rate=2000, seconds=4, keys=KEYS, partitions=PARTITIONS, warmup_s=1)
         st = state(bench, launcher, STATE_KEYS, PARTITIONS, sizes, fingerprint, cold_cache_keys=500, cold_events=1000)

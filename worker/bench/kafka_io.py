@@ -83,6 +83,7 @@ class BenchKafka:
         self.run = run
         self.admin = AdminClient(kafka.admin())
         self.names: list[str] = []
+        self._created: set[str] = set()
 
     def name(self, suffix: str) -> str:
         topic = f"bench-{self.run}-{suffix}"
@@ -90,7 +91,11 @@ class BenchKafka:
         return topic
 
     def create(self, topic: str, partitions: int, config: dict[str, str] | None = None) -> str:
+        """A fresh topic: one created before in this run would mix two parts' records."""
+        if topic in self._created:
+            raise BenchError(f"topic {topic!r} was created before in this run: give the part its own name")
         create_topic(self.admin, topic, partitions, config)
+        self._created.add(topic)
         return topic
 
     def create_output(self, topic: str, partitions: int) -> str:

@@ -88,10 +88,12 @@ def latency(
     keys: int,
     partitions: int,
     warmup_s: float = 5.0,
+    name: str = "latency",
 ) -> LatencyResult:
-    topic = bench.create(bench.name("latency"), partitions)
-    output = bench.create_output(bench.name("latency-out"), partitions)
-    worker = launcher.start("latency", topic, output, bench.name("latency-group"))
+    """`name` tells this run's topics, group and worker log from another latency run's."""
+    topic = bench.create(bench.name(name), partitions)
+    output = bench.create_output(bench.name(f"{name}-out"), partitions)
+    worker = launcher.start(name, topic, output, bench.name(f"{name}-group"))
     try:
         worker.wait_ready(180)
         producer = FastProducer(bench.kafka, **{"linger.ms": PRODUCER_LINGER_MS})

@@ -131,7 +131,13 @@ def kafka_parts(results: BenchResults, options: BenchOptions, kafka: KafkaConfig
                 rate = share * results.drain.events_per_s
                 log.info("bench: part 4, latency at %.0f events/s for %.0f s", rate, options.latency_seconds)
                 measured = latency(
-                    bench, launcher, rate, options.latency_seconds, options.drain_keys, options.partitions
+                    bench,
+                    launcher,
+                    rate,
+                    options.latency_seconds,
+                    options.drain_keys,
+                    options.partitions,
+                    name=f"latency{round(share * 100)}",
                 )
                 if share == LOAD_SHARE:
                     results.latency = measured
