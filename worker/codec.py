@@ -8,7 +8,7 @@ so a hostile record costs one CodecError, never the worker.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import numpy as np
@@ -144,25 +144,26 @@ class EventDecoder:
         width = 4 * features
         plain = msgpack.packb({"x": bytes(width)}, use_bin_type=True)
         timed = msgpack.packb({"x": bytes(width), "ts": 2**64 - 1}, use_bin_type=True)  # ts as uint64
-        self._x_at = len(plain) - width
-        self._plain = (len(plain), plain[: self._x_at])
-        self._timed = (len(timed), timed[: self._x_at], timed[self._x_at + width : -8])  # ts: the last 8 bytes
+        x_at = len(plain) - width
+        x = ("x", ("<f4", (features,)))
+        shapes = [
+            (_FixedLayout([plain[:x_at], x], markers={}), False),
+            (_FixedLayout([timed[:x_at], x, timed[x_at + width : -8], ("ts", ">u8")], markers={}), True),
+        ]
+        # (layout, has ts); an event longer than max_bytes is too_large, whatever its shape
+        self._shapes = [(layout, has_ts) for layout, has_ts in shapes if layout.size <= max_bytes]
 
     def decode_many(self, records: list[EventRecord]) -> list[Event | CodecError]:
         """One result per record, in order: the event, or the error naming its dead-letter reason."""
         results: list[Event | CodecError | None] = [None] * len(records)
-        plain, timed = [], []
-        (plain_length, plain_prefix), (timed_length, timed_prefix, ts_key) = self._plain, self._timed
-        ts_key_at = self._x_at + 4 * self.features
+        values = [record[0] for record in records]
+        for layout, has_ts in self._shapes:
+            indexes, rows = layout.parse(values)
+            if indexes:
+                self._decode_rows(records, indexes, rows, has_ts, results)
         for i, (value, partition, offset, record_ts) in enumerate(records):
-            if value is not None:
-                size = len(value)
-                if size == plain_length and value.startswith(plain_prefix):
-                    plain.append(i)
-                    continue
-                if size == timed_length and value.startswith(timed_prefix) and value.startswith(ts_key, ts_key_at):
-                    timed.append(i)
-                    continue
+            if results[i] is not None:
+                continue
             try:
                 results[i] = decode_event(
                     value,
@@ -174,26 +175,19 @@ class EventDecoder:
                 )
             except CodecError as exc:
                 results[i] = exc
-        if plain:
-            self._decode_fixed(records, plain, plain_length, False, results)
-        if timed:
-            self._decode_fixed(records, timed, timed_length, True, results)
         return results  # type: ignore[return-value]
 
-    def _decode_fixed(
-        self,
+    @staticmethod
+    def _decode_rows(
         records: list[EventRecord],
         indexes: list[int],
-        length: int,
-        timed: bool,
+        rows: np.ndarray,
+        has_ts: bool,
         results: list[Event | CodecError | None],
     ) -> None:
-        width, x_at = 4 * self.features, self._x_at
-        raw = np.frombuffer(b"".join([records[i][0] for i in indexes]), dtype=np.uint8)  # type: ignore[misc]
-        raw = raw.reshape(len(indexes), length)
-        xs = raw[:, x_at : x_at + width].copy().view("<f4")
-        finite = np.isfinite(xs).all(axis=1).tolist()
-        stamps = raw[:, -8:].copy().view(">u8")[:, 0].tolist() if timed else [records[i][3] for i in indexes]
+        xs = np.ascontiguousarray(rows["x"], dtype=np.float32)
+        finite = cast(list[bool], np.isfinite(xs).all(axis=1).tolist())
+        stamps = rows["ts"].tolist() if has_ts else [records[i][3] for i in indexes]
         for i, x, ok, ts in zip(indexes, xs, finite, stamps, strict=True):
             _, partition, offset, _ = records[i]
             results[i] = (
@@ -265,17 +259,22 @@ class _FixedLayout:
         return self._template[:n]
 
     def cut(self, rows: np.ndarray) -> list[bytes]:
-        size = self._dtype.itemsize
+        size = self.size
         if size < _COPY_ONCE_BYTES:  # one copy of the batch, then cheap slices
             buf = rows.tobytes()
             return [buf[i : i + size] for i in range(0, len(rows) * size, size)]
         view = rows.view(np.uint8).data  # large records: each copied once, straight from the rows
         return [bytes(view[i : i + size]) for i in range(0, len(rows) * size, size)]
 
+    @property
+    def size(self) -> int:
+        """Bytes of every record of this layout."""
+        return int(self._dtype.itemsize)
+
     def parse(self, values: list[bytes | None]) -> tuple[list[int], np.ndarray]:
         """The values written in exactly this layout (length and every constant byte), as rows:
         their indexes, and the rows. Anything else is left to the caller's general decoder."""
-        size = self._dtype.itemsize
+        size = self.size
         fits = [i for i, v in enumerate(values) if v is not None and len(v) == size]
         rows = np.frombuffer(b"".join([values[i] for i in fits]), dtype=self._dtype)  # type: ignore[misc]
         ok = np.ones(len(rows), dtype=bool)

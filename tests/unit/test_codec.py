@@ -374,6 +374,12 @@ def test_decode_many_takes_the_fast_path_for_float32_events_with_or_without_ts(t
     assert isinstance(got[3], CodecError) and got[3].reason == "non_finite"
 
 
+def test_decode_many_refuses_a_common_shape_longer_than_max_bytes():
+    value = encode_event(np.zeros(FEATURES, dtype=np.float32), ts=RECORD_TS)
+    (result,) = EventDecoder(FEATURES, len(value) - 1).decode_many([(value, 0, 0, RECORD_TS)])
+    assert isinstance(result, CodecError) and result.reason == "too_large"
+
+
 # --- predictions ------------------------------------------------------------------------------
 
 
