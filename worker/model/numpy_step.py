@@ -2,8 +2,9 @@
 
 A TensorFlow call costs about 1 ms before any arithmetic and its kernels spread small
 matrices over threads, so at the round sizes a live stream gives (tens to hundreds of
-keys) most of a round went to overhead: measured here, 64 keys cost 2.0 ms of CPU in
-TensorFlow and 0.9 ms in NumPy on one BLAS thread, 1,024 keys 17.5 ms and 14.4 ms.
+keys) most of a round went to overhead: in a throwaway timing of CPU time, 64 keys cost
+2.0 ms in TensorFlow and 0.9 ms in NumPy on one BLAS thread, 1,024 keys 17.5 ms and 14.4 ms
+(`make bench` section 1 times the wall clock per round of each backend).
 
 Each layer's weights are read once and the formulas are keras' own (gate order, bias
 layout, reset_after); results differ from TensorFlow's only by float32 rounding order.
@@ -240,8 +241,9 @@ class NumpyStep:
         with np.errstate(over="ignore", under="ignore"):
             for kind, part in self._plan:
                 if kind == "masking":
-                    mask = mask & (h != part).any(axis=-1)
-                    h = h * (h != part).any(axis=-1, keepdims=True)
+                    kept = (h != part).any(axis=-1)
+                    mask = mask & kept
+                    h = h * kept[..., None]
                 elif kind == "recurrent":
                     carried = []
                     for _ in range(part.state_count):
