@@ -367,11 +367,10 @@ class Worker:
         """At least once, pipelined: flush (the predictions, and the states queued at the
         previous commit point), commit that point's offsets, then queue the dirty states: the
         loop produces them a slice per iteration, all within half the commit interval, and
-        commits their offsets once they are all
-        acknowledged (`_commit_acknowledged`), or the next commit point does. A state never gets
-        ahead of its predictions, an offset never ahead of its states, and the loop waits only
-        for what was produced since the last flush. `wait` (revoke, shutdown): all of it now,
-        synchronously."""
+        commits their offsets once they are all acknowledged (`_commit_acknowledged`), or the
+        next commit point does. A state never gets ahead of its predictions, an offset never
+        ahead of its states, and the loop waits only for what was produced since the last
+        flush. `wait` (revoke, shutdown): all of it now, synchronously."""
         topic = self.config.state_topic
         self.store.write_queued(self.producer, topic)  # what is left of the previous point's states
         self.producer.flush()

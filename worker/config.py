@@ -102,8 +102,8 @@ class KafkaConfig:
             "queue.buffering.max.kbytes": 1_048_576,
             # no compression: most bytes are state records, float32 that lz4 cannot shrink, and
             # compressing them cost the broker and the worker enough to take live p50 latency
-            # from 29 ms to 110 ms at 10,000 events/s (BENCHMARKS.md); -X compression.type=lz4
-            # still turns it on
+            # from 29 ms to 110 ms at 10,000 events/s (a throwaway run, BENCHMARKS.md analysis);
+            # -X compression.type=lz4 still turns it on
             "compression.type": "none",
         }
         settings.update(extra)
