@@ -72,7 +72,15 @@ class Worker:
         self._restore_job: Restore | None = None
         self._seek_back: dict[int, int] = {}
         cache = StateCache(config.cache_keys, model.state_dim)
-        self.store = StateStore(cache, reader, model.state_sizes, fingerprint, metrics, config.on_model_mismatch)
+        self.store = StateStore(
+            cache,
+            reader,
+            model.state_sizes,
+            fingerprint,
+            metrics,
+            config.on_model_mismatch,
+            track_idle=bool(config.state_ttl_s),
+        )
         self._eos = config.processing_guarantee == "exactly_once_v2"
         self._transactional_id = f"{config.group_id}.{config.group_instance_id or uuid.uuid4().hex}"
         self.producer = self._new_producer()

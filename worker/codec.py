@@ -26,7 +26,7 @@ class Event:
 
     partition: int
     offset: int
-    x: np.ndarray
+    x: np.ndarray  # float32, C-contiguous: a round joins the rows' bytes
     ts: int
     reset: bool
     end: bool

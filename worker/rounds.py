@@ -88,7 +88,8 @@ class RoundRunner:
     def _drop_applied(self, rnd: Round, rows: np.ndarray) -> tuple[Round, np.ndarray]:
         """Events at or below a key's `src` are in its state already: never apply them twice."""
         src = self.store.cache.src
-        stale = [i for i, events in enumerate(rnd.events) if events[0].offset <= src[rows[i]]]
+        first = np.fromiter((events[0].offset for events in rnd.events), dtype=np.int64, count=len(rnd.events))
+        stale = np.flatnonzero(first <= src[rows]).tolist()
         if not stale:
             return rnd, rows
         skipped = 0
@@ -109,10 +110,8 @@ class RoundRunner:
         partitions = np.fromiter((eid[0] for eid in rnd.ids), dtype=np.int64, count=len(rnd.ids))
         steps = cache.step[rows][key_of] + packed.step_of + 1
         values = self.encoder.encode(y[key_of, packed.step_of], ts, partitions[key_of], offsets, steps)
-        produce, topic, ids = producer.produce, self.output_topic, rnd.ids
-        for value, k in zip(values, key_of.tolist(), strict=True):
-            partition, key = ids[k]
-            produce(topic, key, value, partition)
+        ids = rnd.ids
+        producer.produce_many(self.output_topic, [ids[k] for k in key_of.tolist()], values)
         self.metrics.latency.observe_many(np.maximum(0.0, time.time() * 1000.0 - ts) / 1000.0)
         last = np.cumsum(packed.lengths) - 1
         cache.step[rows] += packed.lengths

@@ -26,10 +26,14 @@ class RecordingProducer:
     def produce(self, topic: str, key: bytes, value: bytes | None, partition: int = -1, headers=None) -> None:
         self.records.append((topic, key, value, partition))
 
+    def produce_many(self, topic: str, targets: list[tuple[int, bytes]], values: list[bytes]) -> None:
+        for (partition, key), value in zip(targets, values, strict=True):
+            self.produce(topic, key, value, partition)
 
-def store_with(keys: list[tuple[int, bytes]]) -> tuple[StateStore, list[int]]:
+
+def store_with(keys: list[tuple[int, bytes]], track_idle: bool = False) -> tuple[StateStore, list[int]]:
     cache = StateCache(capacity=16, state_dim=sum(SIZES))
-    store = StateStore(cache, None, SIZES, "model-a", Metrics())  # type: ignore[arg-type]
+    store = StateStore(cache, None, SIZES, "model-a", Metrics(), track_idle=track_idle)  # type: ignore[arg-type]
     rows = [
         cache.insert(eid, np.full(4, i, np.float32), step=i, src=100 + i, ts=1000 + i, dirty=True)
         for i, eid in enumerate(keys)
@@ -106,3 +110,13 @@ def test_paced_writes_follow_the_share_of_time_and_never_fall_below_the_slice():
     assert store.write_queued_share(producer, TOPIC, share=0.6, at_least=1) == 1  # the slice
     assert store.write_queued_share(producer, TOPIC, share=7.0, at_least=1) == 1  # late: all the rest
     assert store.queued == 0 and len(producer.records) == 5
+
+
+def test_last_events_are_tracked_for_the_ttl_only():
+    """Without --state-ttl no per-key (ts, src) is kept: ~140 bytes per key of a 1M-key worker."""
+    for track in (False, True):
+        store, _ = store_with(KEYS, track_idle=track)
+        store.begin_restore([0, 1, 2])
+        store.write_dirty(RecordingProducer(), TOPIC)
+        tracked = {(p, key): last for p, seen in store.seen.items() for key, last in seen.items()}
+        assert tracked == ({eid: (1000 + i, 100 + i) for i, eid in enumerate(KEYS)} if track else {})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -87,6 +87,21 @@ class OutputProducer:
                 else:  # refused before sending (larger than message.max.bytes, say)
                     self._failure = KafkaDeliveryError(topic, error, permanent=error.code() in _PERMANENT)
                 raise self._failure from exc
+
+    def produce_many(self, topic: str, targets: Sequence[tuple[int, bytes]], values: Sequence[bytes]) -> None:
+        """Records in order, each to its (partition, key): the client called directly, and
+        `produce` only for a record that meets a full queue or an error."""
+        send, i, n = self._producer.produce, 0, len(values)
+        while i < n:
+            try:
+                while i < n:
+                    partition, key = targets[i]
+                    send(topic, values[i], key, partition=partition)
+                    i += 1
+            except (BufferError, KafkaException):
+                partition, key = targets[i]
+                self.produce(topic, key, values[i], partition)
+                i += 1
 
     def poll(self) -> None:
         """Serve delivery callbacks without blocking; a permanent failure stops the caller at
