@@ -152,7 +152,7 @@ class Worker:
             self.partitions,
             self.fingerprint,
         )
-        next_commit = time.monotonic() + cfg.commit_interval_ms / 1000.0
+        next_commit = time.monotonic() + cfg.commit_interval_s
         # TensorFlow and Keras leave ~300k long-lived objects; a full garbage collection walks
         # them all (150-500 ms, a latency spike every few seconds). They never become garbage:
         # move them out of the collector's sight.
@@ -175,13 +175,13 @@ class Worker:
                     self._run_round()
                 self.producer.poll()
                 if not self._eos:
-                    share = (time.monotonic() - self._queued_at) / (cfg.commit_interval_ms / 2000.0)
+                    share = (time.monotonic() - self._queued_at) / (cfg.commit_interval_s / 2)
                     self.store.write_queued_share(self.producer, cfg.state_topic, share, _STATE_WRITE_SLICE)
                     self._commit_acknowledged()
                 clock.lap("produce")
                 if time.monotonic() >= next_commit:
                     self._commit_point()
-                    next_commit = time.monotonic() + cfg.commit_interval_ms / 1000.0
+                    next_commit = time.monotonic() + cfg.commit_interval_s
                     clock.lap("commit")
             self._commit_point(wait=True)
         except BaseException:

@@ -129,6 +129,14 @@ class KafkaConfig:
 # step kernels of the streaming twin; "auto" is numpy when the model has a NumPy form, else tf
 BACKENDS = ("auto", "numpy", "tf", "xla")
 
+# Default time between commit points, per processing guarantee. At least once, every active
+# key's state (2.4 KB for the reference model) is written once per commit point: at 1 s and
+# 10,000 keys that was 24 MB/s of state records, and a live worker at 12,000 events/s fell
+# behind, while at 5 s it kept up (BENCHMARKS.md analysis). The cost of a longer interval is
+# the replay after a crash (duplicate predictions, identical values). Exactly once, outputs are
+# visible only at the transaction's commit, so the interval is the latency floor: 1 s.
+COMMIT_INTERVAL_MS = {"at_least_once": 5000, "exactly_once_v2": 1000}
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -145,7 +153,7 @@ class RunConfig:
     max_delay_ms: int = 5
     max_steps: int = 16
     cache_keys: int = 100_000
-    commit_interval_ms: int = 1000
+    commit_interval_ms: int | None = None  # None: COMMIT_INTERVAL_MS of the guarantee
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9100
     max_event_bytes: int = 1_048_576
@@ -162,10 +170,11 @@ class RunConfig:
             "--max-batch-keys": self.max_batch_keys,
             "--max-steps": self.max_steps,
             "--cache-keys": self.cache_keys,
-            "--commit-interval-ms": self.commit_interval_ms,
             "--max-event-bytes": self.max_event_bytes,
             "--poll-batch": self.poll_batch,
         }
+        if self.commit_interval_ms is not None:
+            positive["--commit-interval-ms"] = self.commit_interval_ms
         for flag, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{flag} must be at least 1, got {value}")
@@ -190,6 +199,11 @@ class RunConfig:
             raise ConfigError("input, output, state and dead-letter topics must all differ, got " + ", ".join(topics))
         if not os.path.exists(self.model_path):
             raise ConfigError(f"--model {self.model_path!r}: no such file; make one with `lstm-worker make-model`")
+
+    @property
+    def commit_interval_s(self) -> float:
+        interval = self.commit_interval_ms or COMMIT_INTERVAL_MS.get(self.processing_guarantee, 1000)
+        return interval / 1000.0
 
     @property
     def round_keys(self) -> int:
