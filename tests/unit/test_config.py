@@ -306,7 +306,8 @@ def test_commit_interval_defaults_by_guarantee_and_a_given_one_wins(model_file):
     assert run_config(model_file).commit_interval_s == 5.0
     assert run_config(model_file, processing_guarantee="exactly_once_v2").commit_interval_s == 1.0
     assert run_config(model_file, commit_interval_ms=250).commit_interval_s == 0.25
-    assert run_config(model_file, processing_guarantee="exactly_once_v2", commit_interval_ms=3000).commit_interval_s == 3.0
+    exactly_once = run_config(model_file, processing_guarantee="exactly_once_v2", commit_interval_ms=3000)
+    assert exactly_once.commit_interval_s == 3.0
 
 
 def test_run_config_is_frozen(model_file):
