@@ -65,6 +65,11 @@ class Worker:
                 # 16 MB per partition and fetch, not 1 MB, reads them half again as fast
                 "max.partition.fetch.bytes": 16 * 1024 * 1024,
                 "fetch.max.bytes": 64 * 1024 * 1024,
+                # once its prefetch queue is over queued.min.messages, librdkafka waits this long
+                # before fetching again: at the default 1 s a restore stalled whenever it caught
+                # up with the queue (in-process restores of 200,000 2.4 KB states, a throwaway
+                # script: ~36,000 records/s at 1 s, 45,000-74,000 at 10 ms)
+                "fetch.queue.backoff.ms": 10,
             },
         )
         reader = TopicReader(reader_settings, config.state_topic)  # LRU misses

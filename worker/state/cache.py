@@ -80,6 +80,20 @@ class StateCache:
             self._rows.move_to_end(eid)
         return row
 
+    def place_many(self, eids: list[EntityId]) -> list[int]:
+        """`place` for many keys (a restore batch): new distinct keys with enough free rows
+        take them in bulk, anything else goes key by key."""
+        free, count = self._free, len(eids)
+        if count > len(free) or not self._rows.keys().isdisjoint(eids) or len(set(eids)) < count:
+            return [self.place(eid) for eid in eids]
+        rows = free[len(free) - count :][::-1]  # the rows `place` would pop, in its order
+        del free[len(free) - count :]
+        self._rows.update(zip(eids, rows, strict=True))
+        ids = self._ids
+        for row, eid in zip(rows, eids, strict=True):
+            ids[row] = eid
+        return rows
+
     def insert(self, eid: EntityId, state: np.ndarray | None, *, step: int, src: int, ts: int, dirty: bool) -> int:
         """Place a key's state (zeros when None) in a free or evicted row."""
         row = self.place(eid)

@@ -12,6 +12,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise, repeat
 
 import numpy as np
 
@@ -104,39 +105,51 @@ class StateStore:
         """State records read at restore, in order: those of this model and layout decoded and
         cached together, the others (tombstones, other models or writers) one by one between."""
         indexes, batch = self.encoder.decode_many([value for *_, value in records])
-        fast = dict(zip(indexes, range(len(indexes)), strict=True))  # record -> row of the batch
-        run: list[tuple[int, int]] = []
-        for i, (p, offset, key, value) in enumerate(records):
-            j = fast.get(i)
-            if j is not None:
-                run.append((i, j))
-                continue
-            self._apply_decoded(records, run, batch)
-            run = []
+        if len(indexes) == len(records):  # the usual batch: every record decoded
+            self._apply_decoded(records, np.arange(len(records)), batch)
+            return
+        decoded = np.zeros(len(records), dtype=bool)
+        decoded[indexes] = True
+        row_of = np.cumsum(decoded) - 1  # record -> its row of the batch
+        cuts = np.flatnonzero(np.diff(decoded, prepend=False, append=False)).tolist()  # run starts and ends
+        done = 0
+        for a, b in zip(cuts[::2], cuts[1::2], strict=True):  # [a, b): a run of decoded records
+            for p, offset, key, value in records[done:a]:
+                self.apply(p, offset, key, value)
+            self._apply_decoded(records[a:b], row_of[a:b], batch)
+            done = b
+        for p, offset, key, value in records[done:]:
             self.apply(p, offset, key, value)
-        self._apply_decoded(records, run, batch)
 
-    def _apply_decoded(self, records: list[Record], run: list[tuple[int, int]], batch: StateBatch) -> None:
-        """Index the run's records and warm the LRU with the newest of them, as `apply` would."""
-        index = self.index
-        placed: list[tuple[EntityId, int]] = []
-        for i, j in run:
-            p, offset, key, _ = records[i]
-            keys = index.get(p)
-            if keys is None:  # revoked while restoring
+    def _apply_decoded(self, records: list[Record], rows_of: np.ndarray, batch: StateBatch) -> None:
+        """Index these records (record k is row rows_of[k] of the batch) and warm the LRU with the
+        newest of them, as `apply` would: partition by partition, with bulk dict updates."""
+        partitions = np.fromiter((r[0] for r in records), dtype=np.int64, count=len(records))
+        bounds = [0, *(np.flatnonzero(np.diff(partitions)) + 1).tolist(), len(records)]
+        keys, offsets = [r[2] for r in records], [r[1] for r in records]
+        eids: list[EntityId] = []
+        kept: list[np.ndarray] = []
+        for a, b in pairwise(bounds):  # a run of one partition's records
+            p = int(partitions[a])
+            index = self.index.get(p)
+            if index is None:  # revoked while restoring
                 continue
-            keys[key] = offset
-            placed.append(((p, key), j))
+            index.update(zip(keys[a:b], offsets[a:b], strict=True))
+            eids.extend(zip(repeat(p, b - a), keys[a:b], strict=True))
+            kept.append(rows_of[a:b])
+        if not eids:
+            return
+        js = np.concatenate(kept)
         if self.track_idle:
-            ts, src = batch.ts.tolist(), batch.src_offset.tolist()
-            for (p, key), j in placed:
-                self.seen[p][key] = (ts[j], src[j])
+            ts, src = batch.ts[js].tolist(), batch.src_offset[js].tolist()
+            for (p, key), newest in zip(eids, zip(ts, src, strict=True), strict=True):
+                self.seen[p][key] = newest
         room = self.cache.room()
-        if not placed or room <= 0:
+        if room <= 0:
             return
         cache = self.cache
-        rows = np.array([cache.place(eid) for eid, _ in placed[-room:]], dtype=np.int64)
-        js = np.array([j for _, j in placed[-room:]], dtype=np.int64)
+        rows = np.array(cache.place_many(eids[-room:]), dtype=np.int64)
+        js = js[-room:]
         if len(np.unique(rows)) < len(rows):  # a key twice in the run: its later record wins
             _, last = np.unique(rows[::-1], return_index=True)
             keep = len(rows) - 1 - last

@@ -1,0 +1,86 @@
+"""A restore batch applied in bulk equals its records applied one by one.
+
+`StateStore.apply_many` decodes the records of this model and layout together and indexes
+them with bulk dict updates, partition by partition; tombstones, records of another model
+and unreadable ones go through `apply` in between. No broker: records are plain tuples.
+"""
+
+import numpy as np
+import pytest
+
+from worker.codec import encode_state
+from worker.metrics import Metrics
+from worker.state.cache import StateCache
+from worker.state.store import StateStore
+
+SIZES = [3, 2]
+MODEL = "model-a"
+
+
+def random_records(rng: np.random.Generator, count: int, keys: int) -> list[tuple[int, int, bytes, bytes | None]]:
+    """Records of 3 partitions in runs, as a consume batch has them: mostly states of this
+    model, some tombstones, states of another model and garbage."""
+    records, offsets = [], [0, 0, 0]
+    while len(records) < count:
+        p = int(rng.integers(3))
+        for _ in range(int(rng.integers(1, 12))):
+            key = b"k%d" % rng.integers(keys)
+            kind = rng.choice(["state", "state", "state", "tombstone", "other", "garbage"])
+            state = rng.standard_normal(sum(SIZES)).astype(np.float32)
+            model = "model-b" if kind == "other" else MODEL
+            value = {
+                "tombstone": None,
+                "garbage": b"\x81\xa1x\x01",
+            }.get(
+                kind, encode_state(state, SIZES, model=model, step=offsets[p] + 1, partition=p, offset=offsets[p], ts=7)
+            )
+            records.append((p, offsets[p], key, value))
+            offsets[p] += 1
+    return records
+
+
+def restored(records, capacity: int, bulk: bool, batch: int) -> StateStore:
+    store = StateStore(StateCache(capacity, sum(SIZES)), None, SIZES, MODEL, Metrics(), track_idle=True)  # type: ignore[arg-type]
+    store.begin_restore([0, 1, 2])
+    for start in range(0, len(records), batch):
+        part = records[start : start + batch]
+        if bulk:
+            store.apply_many(part)
+        else:
+            for record in part:
+                store.apply(*record)
+    return store
+
+
+def cached(store: StateStore) -> dict:
+    cache = store.cache
+    out = {}
+    for p in range(3):
+        for key in store.index[p]:
+            row = cache.lookup((p, key))
+            if row is not None:
+                out[(p, key)] = (cache.states[row].tobytes(), int(cache.step[row]), int(cache.src[row]))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("batch", [1, 7, 500])
+def test_bulk_restore_equals_records_one_by_one(seed, batch):
+    rng = np.random.default_rng(seed)
+    records = random_records(rng, 400, keys=40)
+    one_by_one, bulk = restored(records, 64, False, batch), restored(records, 64, True, batch)
+    assert bulk.index == one_by_one.index
+    assert bulk.seen == one_by_one.seen
+    assert cached(bulk) == cached(one_by_one)
+    assert len(bulk.cache) == len(cached(bulk)), "no key is cached without being indexed"
+
+
+def test_a_small_cache_holds_only_newest_states():
+    """With fewer rows than keys, which keys stay warm may differ, never what they hold."""
+    rng = np.random.default_rng(3)
+    records = random_records(rng, 600, keys=80)
+    reference, bulk = restored(records, 200, False, 1), restored(records, 10, True, 97)
+    assert bulk.index == reference.index
+    warm = cached(bulk)
+    assert 0 < len(warm) <= 10
+    assert all(reference_value == cached(reference)[eid] for eid, reference_value in warm.items())
