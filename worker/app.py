@@ -32,11 +32,14 @@ from worker.state.store import StateStore
 
 log = logging.getLogger(__name__)
 _RESTORE_SLICE = 20_000  # state records per loop iteration while restoring (about 0.2 s)
-# at least once, state records produced per loop iteration after a commit point (~3 ms of
-# encoding and producing), more when needed to have them all out within half the commit
-# interval: writing a commit point's states at once stalled the loop 50-130 ms at 10,000
-# events/s over 10,000 keys, the largest part of the p99 latency
-_STATE_WRITE_SLICE = 512
+# at least once, the fewest state records produced per loop iteration after a commit point
+# (~0.25 ms of encoding and producing), so that the long iterations of a backlog still make
+# progress; otherwise time paces them, all within half the commit interval. Writing a commit
+# point's states at once stalled the loop 50-130 ms at 10,000 events/s over 10,000 keys, and
+# 512 per iteration sent them in bursts of ~3.5 ms per iteration right after the commit point
+# (p99 at 13,800 events/s live, throwaway runs on a machine whose noise was as large as the
+# effect: 320 and 353 ms at 512; 109, 249, 787 and 2,584 ms at 64; 199 and 226 ms at 16)
+_STATE_WRITE_SLICE = 32
 
 
 class Worker:
