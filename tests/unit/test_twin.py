@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from collections.abc import Callable, Sequence
@@ -170,15 +171,22 @@ def _stream(twin: StreamingTwin, x: np.ndarray, schedule: Sequence[int], seed: i
     raise AssertionError("unreachable: the schedule cycles forever")
 
 
+@functools.cache
+def _case(name: str) -> tuple[keras.Model, np.ndarray, np.ndarray]:
+    """The model, its histories and keras' output on every prefix: the slow part, once for
+    both backends."""
+    keras.utils.set_random_seed(0)
+    model = _perturb(MODELS[name]())
+    x = _histories(mask_value_steps=name == "masked")
+    return model, x, _prefix_outputs(model, x)
+
+
 @pytest.mark.parametrize("backend", ["numpy", "tf"])
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_twin_matches_model_on_every_prefix(name: str, backend: str) -> None:
-    keras.utils.set_random_seed(0)
-    model = _perturb(MODELS[name]())
+    model, x, expected = _case(name)
     twin = StreamingTwin.from_model(model, backend=backend)
     assert twin.backend == backend
-    x = _histories(mask_value_steps=name == "masked")
-    expected = _prefix_outputs(model, x)
     assert twin.output_dim == expected.shape[-1]
     for seed, schedule in enumerate(SCHEDULES):
         got = _stream(twin, x, schedule, seed=seed)
