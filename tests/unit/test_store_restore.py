@@ -55,8 +55,8 @@ def restored(records, capacity: int, bulk: bool, batch: int) -> StateStore:
 def cached(store: StateStore) -> dict:
     cache = store.cache
     out = {}
-    for p in range(3):
-        for key in store.index[p]:
+    for p, index in store.index.items():
+        for key in index:
             row = cache.lookup((p, key))
             if row is not None:
                 out[(p, key)] = (cache.states[row].tobytes(), int(cache.step[row]), int(cache.src[row]))
@@ -84,3 +84,15 @@ def test_a_small_cache_holds_only_newest_states():
     warm = cached(bulk)
     assert 0 < len(warm) <= 10
     assert all(reference_value == cached(reference)[eid] for eid, reference_value in warm.items())
+
+
+def test_an_empty_batch_and_a_revoked_partitions_records_change_nothing():
+    """The restore filters out records of partitions revoked meanwhile: a batch may be empty."""
+    rng = np.random.default_rng(5)
+    records = random_records(rng, 50, keys=10)
+    store = restored([], 16, True, 1)
+    store.apply_many([])
+    del store.index[1]  # revoked while restoring
+    store.apply_many(records)
+    assert set(store.index) == {0, 2} and len(store.cache) == len(cached(store))
+    assert all(p != 1 for p, _ in cached(store))

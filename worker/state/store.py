@@ -104,6 +104,8 @@ class StateStore:
     def apply_many(self, records: list[Record]) -> None:
         """State records read at restore, in order: those of this model and layout decoded and
         cached together, the others (tombstones, other models or writers) one by one between."""
+        if not records:  # a batch of partitions revoked meanwhile, filtered out
+            return
         indexes, batch = self.encoder.decode_many([value for *_, value in records])
         if len(indexes) == len(records):  # the usual batch: every record decoded
             self._apply_decoded(records, np.arange(len(records)), batch)
