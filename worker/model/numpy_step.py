@@ -110,10 +110,11 @@ class _Recurrent:
         n = self.units
         order = np.r_[0 : 2 * n, 3 * n : 4 * n, 2 * n : 3 * n]
         self.fused, self.bias = np.ascontiguousarray(self.fused[:, order]), self.bias[order]
-        self.halved_gates = self.rec_act is _sigmoid
-        if self.halved_gates:
+        self.gate_act = self.rec_act
+        if self.rec_act is _sigmoid:
             self.fused[:, : 3 * n] *= 0.5
             self.bias[: 3 * n] *= 0.5
+            self.gate_act = _sigmoid_of_double
 
     def cell(self, x: Array, states: list[Array]) -> list[Array]:
         """One step of every row; returns the new states (h first)."""
@@ -122,10 +123,7 @@ class _Recurrent:
             h, c = states
             z = np.concatenate([x, h], axis=1) @ self.fused
             z += self.bias
-            if self.halved_gates:
-                gates = _sigmoid_of_double(z[:, : 3 * n])
-            else:
-                gates = self.rec_act(z[:, : 3 * n])
+            gates = self.gate_act(z[:, : 3 * n])
             i, f, o = gates[:, :n], gates[:, n : 2 * n], gates[:, 2 * n :]
             c_new = f * c
             c_new += i * self.act(z[:, 3 * n :])
