@@ -104,12 +104,7 @@ class StateStore:
     def apply_many(self, records: list[Record]) -> None:
         """State records read at restore, in order: those of this model and layout decoded and
         cached together, the others (tombstones, other models or writers) one by one between."""
-        if not records:  # a batch of partitions revoked meanwhile, filtered out
-            return
         indexes, batch = self.encoder.decode_many([value for *_, value in records])
-        if len(indexes) == len(records):  # the usual batch: every record decoded
-            self._apply_decoded(records, np.arange(len(records)), batch)
-            return
         decoded = np.zeros(len(records), dtype=bool)
         decoded[indexes] = True
         row_of = np.cumsum(decoded) - 1  # record -> its row of the batch
@@ -142,10 +137,7 @@ class StateStore:
         if not eids:
             return
         js = np.concatenate(kept)
-        if self.track_idle:
-            ts, src = batch.ts[js].tolist(), batch.src_offset[js].tolist()
-            for (p, key), newest in zip(eids, zip(ts, src, strict=True), strict=True):
-                self.seen[p][key] = newest
+        self._track(eids, batch.ts[js], batch.src_offset[js])
         room = self.cache.room()
         if room <= 0:
             return
@@ -158,6 +150,15 @@ class StateStore:
             rows, js = rows[keep], js[keep]
         cache.states[rows] = batch.states[js]
         cache.step[rows], cache.src[rows], cache.ts[rows] = batch.step[js], batch.src_offset[js], batch.ts[js]
+
+    def _track(self, eids: list[EntityId], ts: np.ndarray, src: np.ndarray) -> None:
+        """--state-ttl: the keys' (event ts, input offset) of the last event in their state."""
+        if not self.track_idle:
+            return
+        for (partition, key), last in zip(eids, zip(ts.tolist(), src.tolist(), strict=True), strict=True):
+            seen = self.seen.get(partition)
+            if seen is not None:  # None: revoked meanwhile
+                seen[key] = last
 
     def forget(self, partition: int) -> None:
         """Drop a revoked partition; its dirty states must have been written first (a lost
@@ -285,11 +286,7 @@ class StateStore:
         values = self.encoder.encode(queue.states[part], queue.step[part], queue.partitions[part], src, ts)
         ids = queue.ids[part]
         producer.produce_many(topic, ids, values)
-        if self.track_idle:
-            for (partition, key), last in zip(ids, zip(ts.tolist(), src.tolist(), strict=True), strict=True):
-                seen = self.seen.get(partition)
-                if seen is not None:
-                    seen[key] = last
+        self._track(ids, ts, src)
         queue.produced = end
         if end == len(queue.ids):
             self._queue = None
