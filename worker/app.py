@@ -33,10 +33,10 @@ from worker.state.store import StateStore
 log = logging.getLogger(__name__)
 _RESTORE_SLICE = 20_000  # state records per loop iteration while restoring (about 0.2 s)
 # at least once, the fewest state records produced per loop iteration after a commit point
-# (~0.25 ms of encoding and producing), so that the long iterations of a backlog still make
+# (~0.2 ms of encoding and producing, scaled from 512 at ~3 ms), so that the long iterations of a backlog still make
 # progress; otherwise time paces them, all within half the commit interval. Writing a commit
 # point's states at once stalled the loop 50-130 ms at 10,000 events/s over 10,000 keys, and
-# 512 per iteration sent them in bursts of ~3.5 ms per iteration right after the commit point
+# 512 per iteration sent them in bursts of ~3 ms per iteration right after the commit point
 # (p99 at 13,800 events/s live, throwaway runs on a machine whose noise was as large as the
 # effect: 320 and 353 ms at 512; 109, 249, 787 and 2,584 ms at 64; 199 and 226 ms at 16)
 _STATE_WRITE_SLICE = 32
@@ -106,11 +106,12 @@ class Worker:
                     "heartbeat.interval.ms": 1000,
                     "session.timeout.ms": 10000,
                     # under live traffic a fetch that returns at the first byte is answered at
-                    # once and sent again, over a thousand times a second, each costing the
-                    # broker and the client CPU that the step needs: let the broker gather up to
-                    # 64 KB for at most 5 ms instead (throwaway runs at 13,000 events/s live on
-                    # this noisy machine, p99: 85-3,881 ms with it, 95-12,281 ms without; the
-                    # worker fell behind in one of four runs with it, two of four without)
+                    # once and sent again, one request per round trip, each costing the broker
+                    # and the client CPU that the step needs (reasoned from librdkafka's fetch
+                    # loop, not counted): let the broker gather up to 64 KB for at most 5 ms
+                    # instead (throwaway runs at 13,000 events/s live on this noisy machine,
+                    # p99: 85-3,881 ms with it, 95-12,281 ms without; the worker fell behind in
+                    # one of four runs with it, two of four without)
                     "fetch.min.bytes": 65536,
                     "fetch.wait.max.ms": 5,
                     **({"group.instance.id": config.group_instance_id} if config.group_instance_id else {}),

@@ -42,7 +42,8 @@ class Round:
         """All events' inputs in one join, placed at (key, step) in one scatter."""
         lengths = np.fromiter((len(e) for e in self.events), dtype=np.int64, count=len(self.events))
         flat = [event for events in self.events for event in events]
-        # the events' float32 rows joined as bytes: 20x cheaper than stacking the arrays
+        # the events' float32 rows joined as bytes: ~20x cheaper than stacking the arrays
+        # (1.35 us against 0.06 us per event, a throwaway timing of 2,500 rows)
         rows = b"".join([event.x for event in flat])  # type: ignore[misc]  # ndarrays are buffers
         xs = np.frombuffer(rows, dtype=np.float32).reshape(len(flat), features)
         key_of = np.repeat(np.arange(len(lengths)), lengths)
