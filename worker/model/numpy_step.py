@@ -97,36 +97,50 @@ class _Recurrent:
             self.bias = bias if bias is not None else np.zeros(kernel.shape[1], np.float32)
         else:
             # LSTM and SimpleRNN: x @ W + h @ U + b as one product of [x, h] and [W; U].
-            self.fused = np.concatenate([kernel, recurrent])
-            self.bias = bias if bias is not None else np.zeros(kernel.shape[1], np.float32)
+            fused = np.concatenate([kernel, recurrent])
+            fused_bias = bias if bias is not None else np.zeros(kernel.shape[1], np.float32)
             if self.kind == "LSTM":
-                self._gates_first()
+                self._gates_first(fused, fused_bias)
+            else:
+                self.fused, self.bias = fused, fused_bias
         self.state_count = 2 if self.kind == "LSTM" else 1
 
-    def _gates_first(self) -> None:
-        """LSTM columns reordered i, f, o, g (keras: i, f, g, o), so one call activates the three
-        gates. With sigmoid gates their columns are also halved (exact in floating point):
+    def _gates_first(self, fused: Array, bias: Array) -> None:
+        """LSTM columns split into the gates i, f, o (keras: i, f, g, o) and the candidate g,
+        each a product of its own, with the bias as the last row: [x, h, 1] @ [W; U; b].
+        Column slices of one product are strided, and NumPy's passes over them were up to half
+        again as slow as over whole arrays; the bias row saves a pass. Throwaway timings, the two
+        forms interleaved in one process: the reference model's step over 1,000 keys took 14-15 %
+        less time (14.3 -> 12.1 ms, medians of 40), over 32 keys 11 % less.
+        With sigmoid gates their columns are also halved (exact in floating point):
         sigmoid(z) = 0.5 * tanh(z / 2) + 0.5 is then a tanh in place and two passes."""
         n = self.units
-        order = np.r_[0 : 2 * n, 3 * n : 4 * n, 2 * n : 3 * n]
-        self.fused, self.bias = np.ascontiguousarray(self.fused[:, order]), self.bias[order]
+        with_bias = np.concatenate([fused, bias[None, :]])
+        gates = np.concatenate([with_bias[:, : 2 * n], with_bias[:, 3 * n :]], axis=1)
         self.gate_act = self.rec_act
         if self.rec_act is _sigmoid:
-            self.fused[:, : 3 * n] *= 0.5
-            self.bias[: 3 * n] *= 0.5
+            gates *= 0.5
             self.gate_act = _sigmoid_of_double
+        self.gate_kernel = np.ascontiguousarray(gates)
+        self.candidate_kernel = np.ascontiguousarray(with_bias[:, 2 * n : 3 * n])
+        self._ones = np.ones((0, 1), np.float32)
+
+    def _with_ones(self, x: Array, h: Array) -> Array:
+        """[x, h, 1]: the bias row of the LSTM's kernels multiplies the ones column."""
+        if len(self._ones) < len(x):
+            self._ones = np.ones((len(x), 1), np.float32)
+        return np.concatenate([x, h, self._ones[: len(x)]], axis=1)
 
     def cell(self, x: Array, states: list[Array]) -> list[Array]:
         """One step of every row; returns the new states (h first)."""
         n = self.units
         if self.kind == "LSTM":
             h, c = states
-            z = np.concatenate([x, h], axis=1) @ self.fused
-            z += self.bias
-            gates = self.gate_act(z[:, : 3 * n])
+            xh1 = self._with_ones(x, h)
+            gates = self.gate_act(xh1 @ self.gate_kernel)
             i, f, o = gates[:, :n], gates[:, n : 2 * n], gates[:, 2 * n :]
             c_new = f * c
-            c_new += i * self.act(z[:, 3 * n :])
+            c_new += i * self.act(xh1 @ self.candidate_kernel)
             return [o * self.act(c_new), c_new]
         if self.kind == "SimpleRNN":
             z = np.concatenate([x, states[0]], axis=1) @ self.fused
