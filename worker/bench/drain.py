@@ -41,7 +41,7 @@ class DrainResult:
     distinct: int  # events with at least one prediction
     events_per_s: float  # distinct / (last - first log-append time)
     seconds: float  # first to last prediction
-    wall_s: float  # from the first worker's readiness until all were predicted (5 Hz polls)
+    wall_s: float  # from the first worker's readiness until all were predicted (1 Hz polls)
     start_to_ready_s: float
     rounds: int
     round_keys: float  # mean keys per round

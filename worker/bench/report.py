@@ -99,7 +99,7 @@ def _drain_rows(d: DrainResult) -> list[tuple[str, str]]:
         ("events/s (first to last prediction)", f"{d.events_per_s:,.0f}"),
         ("seconds, first to last prediction", f"{d.seconds:.1f}"),
         ("events predicted / predictions / duplicates", f"{d.distinct:,} / {d.predictions:,} / {d.duplicates:,}"),
-        ("start to ready (s); ready to all predicted (s, polled at 5 Hz)", f"{d.start_to_ready_s:.1f}; {d.wall_s:.1f}"),
+        ("start to ready (s); ready to all predicted (s, polled at 1 Hz)", f"{d.start_to_ready_s:.1f}; {d.wall_s:.1f}"),
         ("rounds; mean keys per round; mean steps per round", f"{d.rounds:,}; {d.round_keys:.1f}; {d.round_steps:.1f}"),
         ("worker CPU (cores, ready to done)", f"{d.cpu_cores:.2f}"),
         ("whole machine CPU meanwhile (cores: broker, benchmark, others)", f"{d.machine_cores:.2f}"),
