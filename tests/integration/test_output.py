@@ -25,3 +25,29 @@ def test_produce_many_keeps_every_record_in_order_through_a_full_queue(kafka: Ka
         got = [(r.key, r.value) for r in records if r.partition == p]
         want = [(targets[i][1], values[i]) for i in range(600) if targets[i][0] == p]
         assert got == want, f"partition {p}: records lost, duplicated or out of order"
+
+
+def test_state_deliveries_are_reported_even_when_settings_ask_for_errors_only(
+    kafka: KafkaConfig, topics: Topics
+) -> None:
+    """The state index needs every state record's offset; predictions report failures only.
+    `-X delivery.report.only.error=true` must not silence the state topic's reports."""
+    admin = AdminClient(kafka.admin())
+    futures = admin.create_topics([NewTopic(t, 2, 1) for t in (topics.output, topics.state)])
+    for future in futures.values():
+        future.result(30)
+    delivered: list[tuple[int, bytes, int, bool]] = []
+    producer = OutputProducer(
+        kafka.producer(**{"delivery.report.only.error": True}),
+        topics.state,
+        lambda p, key, offset, tombstone: delivered.append((p, key, offset, tombstone)),
+    )
+    producer.produce_many(topics.output, [(0, b"a"), (1, b"b")], [b"prediction-a", b"prediction-b"])
+    producer.produce_many(topics.state, [(0, b"a"), (1, b"b"), (0, b"c")], [b"state-a", b"state-b", b"state-c"])
+    producer.produce(topics.state, b"a", None, 0)
+    producer.flush()
+    producer.poll()
+    assert sorted(delivered) == sorted(
+        [(0, b"a", 0, False), (1, b"b", 0, False), (0, b"c", 1, False), (0, b"a", 2, True)]
+    )
+    assert len(read_all(kafka, topics.output)) == 2

@@ -1,8 +1,14 @@
-"""The one producer for predictions, states and dead letters.
+"""The worker's producer of predictions, states and dead letters.
 
 Delivery errors are latched in the callback and raised on the main thread at the next
 flush (never swallowed), so offsets are only ever committed after the outputs they
 cover are durable. State-topic deliveries report their offsets back to the state index.
+
+At least once it is two clients: the state topic's records on one that reports every
+delivery, everything else on one that reports failures only
+(`delivery.report.only.error`). A report is a Python call on the loop's thread, and the
+predictions' reports were ~1 us per event that said nothing. Exactly once it is one
+transactional client: a transaction belongs to one producer.
 """
 
 from __future__ import annotations
@@ -51,7 +57,16 @@ class OutputProducer:
         self._state_topic = state_topic
         self._on_state_delivered = on_state_delivered
         self._failure: KafkaDeliveryError | None = None
-        self._producer = Producer({**settings, "on_delivery": self._delivered})
+        # the state index needs every state delivery's offset, whatever -X says
+        self._producer = Producer({**settings, "on_delivery": self._delivered, "delivery.report.only.error": False})
+        self._quiet = self._producer
+        if "transactional.id" not in settings:
+            self._quiet = Producer({**settings, "on_delivery": self._delivered, "delivery.report.only.error": True})
+        self._clients = [self._quiet] if self._quiet is self._producer else [self._quiet, self._producer]
+
+    def _client(self, topic: str) -> Producer:
+        """The state topic's records on the reporting client, the others on the quiet one."""
+        return self._producer if topic == self._state_topic else self._quiet
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -71,16 +86,17 @@ class OutputProducer:
         headers: list[tuple[str, str | bytes | None]] | None = None,
     ) -> None:
         """Partition -1 leaves the choice to the partitioner (by key)."""
+        client = self._client(topic)
         while True:
             try:
-                self._producer.produce(topic, value, key, partition=partition, headers=headers)
+                client.produce(topic, value, key, partition=partition, headers=headers)
                 return
             except BufferError:  # local queue full: let deliveries drain it
-                self._producer.poll(0.05)
+                client.poll(0.05)
             except KafkaException as exc:
                 error = exc.args[0]
                 if error.code() == KafkaError._STATE:  # the open transaction failed: the reports say why
-                    self._producer.poll(0)
+                    client.poll(0)
                     self._failure = self._failure or KafkaDeliveryError(topic, error)
                     if not self._failure.permanent:
                         return  # the commit aborts the transaction and its records are replayed
@@ -91,12 +107,12 @@ class OutputProducer:
     def produce_many(self, topic: str, targets: Sequence[tuple[int, bytes]], values: Sequence[bytes]) -> None:
         """Records in order, each to its (partition, key): the client called directly, and
         `produce` only for a record that meets a full queue or an error."""
-        send, i, n = self._producer.produce, 0, len(values)
+        send, i, n = self._client(topic).produce, 0, len(values)
         while i < n:
             try:
                 while i < n:
                     partition, key = targets[i]
-                    send(topic, values[i], key, partition=partition)
+                    send(topic, values[i], key, partition)  # positional: ~0.4 us less than by keyword
                     i += 1
             except (BufferError, KafkaException):
                 partition, key = targets[i]
@@ -106,14 +122,15 @@ class OutputProducer:
     def poll(self) -> None:
         """Serve delivery callbacks without blocking; a permanent failure stops the caller at
         once, other failures surface at the next flush or transaction commit."""
-        self._producer.poll(0)
+        for client in self._clients:
+            client.poll(0)
         if self._failure is not None and self._failure.permanent:
             raise self._failure
 
     def flush(self) -> None:
         """Block until every produced record is acknowledged, however long the broker is away."""
         waited = 0
-        while (remaining := self._producer.flush(1.0)) > 0:
+        while (remaining := sum(client.flush(1.0 / len(self._clients)) for client in self._clients)) > 0:
             self._raise_failure()
             waited += 1
             if waited % 10 == 0:
