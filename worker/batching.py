@@ -129,17 +129,22 @@ class Batcher:
         A key's leftover events count as arrived `now`: only under a backlog do keys have
         leftovers, and then rounds run full anyway.
         """
-        ids = list(islice(self._queues, self.max_keys))
-        steps = round_steps([len(self._queues[eid]) for eid in ids], self.max_steps)
-        events = [self._slice(self._queues[eid], steps) for eid in ids]
+        queues, arrival = self._queues, self._arrival
+        ids = list(islice(queues, self.max_keys))
+        taken = [queues.pop(eid) for eid in ids]
+        for eid in ids:
+            del arrival[eid]
+        steps = round_steps([len(queue) for queue in taken], self.max_steps)
+        if steps == 1:
+            events = [[queue.popleft()] for queue in taken]
+        else:
+            events = [self._slice(queue, steps) for queue in taken]
         now = time.monotonic() if now is None else now
-        for eid in ids:  # a key with events left goes behind the others: no key starves the rest
-            del self._arrival[eid]
-            queue = self._queues.pop(eid)
+        for eid, queue in zip(ids, taken, strict=True):  # a key with events left goes behind the others
             if queue:
-                self._queues[eid] = queue
-                self._arrival[eid] = now
-        self.pending_events -= sum(len(e) for e in events)
+                queues[eid] = queue
+                arrival[eid] = now
+        self.pending_events -= sum(map(len, events))
         return Round(ids, events)
 
     @staticmethod
