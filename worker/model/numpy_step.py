@@ -100,12 +100,12 @@ class _Recurrent:
             fused = np.concatenate([kernel, recurrent])
             fused_bias = bias if bias is not None else np.zeros(kernel.shape[1], np.float32)
             if self.kind == "LSTM":
-                self._gates_first(fused, fused_bias)
+                self._gates_and_candidate(fused, fused_bias)
             else:
                 self.fused, self.bias = fused, fused_bias
         self.state_count = 2 if self.kind == "LSTM" else 1
 
-    def _gates_first(self, fused: Array, bias: Array) -> None:
+    def _gates_and_candidate(self, fused: Array, bias: Array) -> None:
         """LSTM columns split into the gates i, f, o (keras: i, f, g, o) and the candidate g,
         each a product of its own, with the bias as the last row: [x, h, 1] @ [W; U; b].
         Column slices of one product are strided, and NumPy's passes over them were up to half
