@@ -14,11 +14,12 @@ import logging
 import time
 import uuid
 
+import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from worker.batching import Batcher
-from worker.codec import CodecError, EventDecoder, EventRecord, dead_letter_headers
+from worker.batching import Batcher, Events
+from worker.codec import EventDecoder, dead_letter_headers
 from worker.config import RunConfig
 from worker.errors import KafkaDeliveryError
 from worker.kafka.output import OutputProducer, position
@@ -26,7 +27,7 @@ from worker.kafka.reader import TopicReader
 from worker.kafka.topics import ensure_worker_topics
 from worker.metrics import Metrics, PhaseClock
 from worker.rounds import RoundRunner, StepModel
-from worker.state.cache import StateCache
+from worker.state.cache import EntityId, StateCache
 from worker.state.restore import Restore
 from worker.state.store import StateStore
 
@@ -40,6 +41,7 @@ _RESTORE_SLICE = 20_000  # state records per loop iteration while restoring (abo
 # (p99 at 13,800 events/s live, throwaway runs on a machine whose noise was as large as the
 # effect: 320 and 353 ms at 512; 109, 249, 787 and 2,584 ms at 64; 199 and 226 ms at 16)
 _STATE_WRITE_SLICE = 32
+_NO_KEY = ("no_key", "a record without a key cannot have state")
 
 
 class Worker:
@@ -291,10 +293,47 @@ class Worker:
     # -- events ---------------------------------------------------------------------
 
     def _accept(self, msgs: list[Message]) -> None:
-        """Decode a poll's records together; bad ones go to the dead-letter topic."""
-        accepted: list[tuple[Message, bytes]] = []
-        records: list[EventRecord] = []
-        assigned, restoring, next_offset = self._assigned, self._restoring, self._next_offset
+        """Decode a poll's records together, into columns; bad ones go to the dead-letter topic.
+
+        Each field is read for the whole poll with one `map` (a loop over the messages reading
+        them one by one cost ~1.5 us per event)."""
+        msgs = self._live(msgs)
+        if not msgs:
+            return
+        partitions: list[int] = list(map(Message.partition, msgs))  # type: ignore[arg-type]
+        offsets: list[int] = list(map(Message.offset, msgs))  # type: ignore[arg-type]
+        last = dict(zip(partitions, offsets, strict=True))  # a partition's records come in offset order
+        self._next_offset.update({p: offset + 1 for p, offset in last.items()})
+        keys: list[bytes | None] = list(map(Message.key, msgs))
+        decoded = self.decoder.decode(
+            list(map(Message.value, msgs)), [stamp for _, stamp in map(Message.timestamp, msgs)]
+        )
+        bad = {i: (error.reason, error.detail) for i, error in decoded.rejected}
+        if None in keys:
+            bad.update({i: _NO_KEY for i, key in enumerate(keys) if key is None})
+        for i in sorted(bad):
+            self._dead_letter(msgs[i], *bad[i])
+        ids: list[EntityId] = list(zip(partitions, keys, strict=True))  # type: ignore[arg-type]  # None: dropped below
+        events = Events(
+            ids,
+            np.array(partitions, dtype=np.int64),
+            np.array(offsets, dtype=np.int64),
+            decoded.ts,
+            decoded.reset,
+            decoded.end,
+            decoded.x,
+        )
+        if bad:
+            events = events.select(np.flatnonzero(decoded.ok & np.array([key is not None for key in keys])))
+        self.batcher.add(events, time.monotonic())
+
+    def _live(self, msgs: list[Message]) -> list[Message]:
+        """The records to process: errors raised or logged, records of partitions not assigned
+        (fetched before a revoke) or still restoring (fetched despite the pause) left out."""
+        partitions = set(map(Message.partition, msgs))
+        if not any(map(Message.error, msgs)) and partitions <= self._assigned and not partitions & self._restoring:
+            return msgs
+        live = []
         for msg in msgs:
             error = msg.error()
             if error is not None:
@@ -304,24 +343,13 @@ class Worker:
                     log.warning("consumer error: %s", error)
                 continue
             p, offset = position(msg)
-            if p not in assigned:  # fetched before a revoke: the partition's new owner handles it
+            if p not in self._assigned:  # the partition's new owner handles it
                 continue
-            if p in restoring:  # fetched despite the pause: read again once restored
+            if p in self._restoring:  # read again once restored
                 self._seek_back[p] = min(offset, self._seek_back.get(p, offset))
                 continue
-            next_offset[p] = offset + 1
-            key = msg.key()
-            if key is None:
-                self._dead_letter(msg, "no_key", "a record without a key cannot have state")
-                continue
-            accepted.append((msg, key))
-            records.append((msg.value(), p, offset, msg.timestamp()[1]))
-        add, now = self.batcher.add, time.monotonic()
-        for (msg, key), result in zip(accepted, self.decoder.decode_many(records), strict=True):
-            if isinstance(result, CodecError):
-                self._dead_letter(msg, result.reason, result.detail)
-            else:
-                add((result.partition, key), result, now)
+            live.append(msg)
+        return live
 
     def _dead_letter(self, msg: Message, reason: str, detail: str) -> None:
         p, offset = position(msg)

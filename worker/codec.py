@@ -8,7 +8,7 @@ so a hostile record costs one CodecError, never the worker.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -104,10 +104,13 @@ def _flag(obj: dict[Any, Any], name: str) -> bool:
     return value
 
 
-def decode_event(
-    value: bytes | None, *, features: int, partition: int, offset: int, record_ts: int, max_bytes: int
-) -> Event:
-    """Validate and decode one event value; raises CodecError with a dead-letter reason."""
+_TS_MAX = 2**63 - 1  # timestamps are int64 from here on (predictions, states, stream time)
+
+
+def _event_fields(
+    value: bytes | None, features: int, record_ts: int, max_bytes: int
+) -> tuple[np.ndarray, int, bool, bool]:
+    """x, ts, reset and end of one event value; raises CodecError with a dead-letter reason."""
     if value is None:
         raise CodecError("decode", "value is empty (null)")
     if len(value) > max_bytes:
@@ -122,20 +125,39 @@ def decode_event(
     ts = obj.get("ts", record_ts)
     if type(ts) is not int:
         raise CodecError("type", f"'ts' must be an integer (ms since epoch), got {type(ts).__name__}")
-    return Event(partition, offset, x, ts, _flag(obj, "reset"), _flag(obj, "end"))
+    if not -_TS_MAX - 1 <= ts <= _TS_MAX:
+        raise CodecError("type", f"'ts' {ts} does not fit in a signed 64-bit integer (ms since epoch)")
+    return x, ts, _flag(obj, "reset"), _flag(obj, "end")
 
 
-EventRecord = tuple[bytes | None, int, int, int]  # value, partition, offset, record timestamp
+def decode_event(
+    value: bytes | None, *, features: int, partition: int, offset: int, record_ts: int, max_bytes: int
+) -> Event:
+    """Validate and decode one event value (tools and tests; the worker decodes a poll's
+    events together with EventDecoder); raises CodecError with a dead-letter reason."""
+    return Event(partition, offset, *_event_fields(value, features, record_ts, max_bytes))
+
+
+@dataclass(slots=True)
+class DecodedEvents:
+    """A poll's values decoded: row i of each array is value i, valid where `ok`."""
+
+    ok: np.ndarray  # bool: the value is an event
+    x: np.ndarray  # [values, features] float32
+    ts: np.ndarray  # int64
+    reset: np.ndarray  # bool
+    end: np.ndarray  # bool
+    rejected: list[tuple[int, CodecError]]  # (index, dead-letter reason), ascending
 
 
 class EventDecoder:
-    """Decodes a poll's worth of events at once.
+    """Decodes a poll's worth of events at once, into columns.
 
     The common events, `{"x": <float32 bytes>}` and `{"x": <float32 bytes>, "ts": <uint64>}`
     (what `encode_event` writes) and nothing else, are recognised by their exact bytes, and
     all such events of a poll become float32 and int64 arrays in a few NumPy calls (the finite
-    check too); every other value goes through `decode_event`. Same results, a fraction of
-    the per-event cost.
+    check too); every other value is decoded on its own. Same results as `decode_event`, a
+    fraction of the per-event cost, and no Python object per event.
     """
 
     def __init__(self, features: int, max_bytes: int) -> None:
@@ -153,48 +175,38 @@ class EventDecoder:
         # (layout, has ts); an event longer than max_bytes is too_large, whatever its shape
         self._shapes = [(layout, has_ts) for layout, has_ts in shapes if layout.size <= max_bytes]
 
-    def decode_many(self, records: list[EventRecord]) -> list[Event | CodecError]:
-        """One result per record, in order: the event, or the error naming its dead-letter reason."""
-        results: list[Event | CodecError | None] = [None] * len(records)
-        values = [record[0] for record in records]
-        for layout, has_ts in self._shapes:
+    def decode(self, values: list[bytes | None], timestamps: list[int]) -> DecodedEvents:
+        """`timestamps` are the records' own, the ts of an event without one."""
+        n = len(values)
+        x = np.zeros((n, self.features), dtype=np.float32)
+        ts = np.zeros(n, dtype=np.int64)
+        reset, end = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+        fast = np.zeros(n, dtype=bool)
+        for layout, has_ts in self._shapes:  # their lengths differ: a value fits one at most
             indexes, rows = layout.parse(values)
-            if indexes:
-                self._decode_rows(records, indexes, rows, has_ts, results)
-        for i, (value, partition, offset, record_ts) in enumerate(records):
-            if results[i] is not None:
+            if not indexes:
                 continue
+            fast[indexes] = True
+            x[indexes] = rows["x"]
+            if has_ts:
+                stamps = rows["ts"]
+                fast[np.asarray(indexes)[stamps > _TS_MAX]] = False  # the general path says why
+                ts[indexes] = stamps.astype(np.int64)
+            else:
+                ts[indexes] = np.asarray(timestamps, dtype=np.int64)[indexes]
+        ok = fast & np.isfinite(x).all(axis=1)
+        rejected = [
+            (i, CodecError("non_finite", "x holds NaN or infinity")) for i in np.flatnonzero(fast & ~ok).tolist()
+        ]
+        for i in np.flatnonzero(~fast).tolist():
             try:
-                results[i] = decode_event(
-                    value,
-                    features=self.features,
-                    partition=partition,
-                    offset=offset,
-                    record_ts=record_ts,
-                    max_bytes=self.max_bytes,
-                )
+                x[i], ts[i], reset[i], end[i] = _event_fields(values[i], self.features, timestamps[i], self.max_bytes)
             except CodecError as exc:
-                results[i] = exc
-        return results  # type: ignore[return-value]
-
-    @staticmethod
-    def _decode_rows(
-        records: list[EventRecord],
-        indexes: list[int],
-        rows: np.ndarray,
-        has_ts: bool,
-        results: list[Event | CodecError | None],
-    ) -> None:
-        xs = np.ascontiguousarray(rows["x"], dtype=np.float32)
-        finite = cast(list[bool], np.isfinite(xs).all(axis=1).tolist())
-        stamps = rows["ts"].tolist() if has_ts else [records[i][3] for i in indexes]
-        for i, x, ok, ts in zip(indexes, xs, finite, stamps, strict=True):
-            _, partition, offset, _ = records[i]
-            results[i] = (
-                Event(partition, offset, x, ts, False, False)
-                if ok
-                else CodecError("non_finite", "x holds NaN or infinity")
-            )
+                rejected.append((i, exc))
+                continue
+            ok[i] = True
+        rejected.sort(key=lambda item: item[0])
+        return DecodedEvents(ok, x, ts, reset, end, rejected)
 
 
 def encode_event(

@@ -68,12 +68,12 @@ class RoundRunner:
         if not kept.ids:
             self.clock.lap("state")
             return
-        packed = kept.pack(self.model.features)
+        packed = kept.pack()
         state = cache.states[rows]
-        for b, events in enumerate(kept.events):
-            if events[0].reset:
-                state[b] = 0.0
-                cache.step[rows[b]] = 0
+        resets = np.flatnonzero(kept.events.reset[kept.starts])  # a key opened by a reset starts from zero
+        if len(resets):
+            state[resets] = 0.0
+            cache.step[rows[resets]] = 0
         self.clock.lap("state")
         started = time.perf_counter()
         y, new_state = self.model.step(packed.x, packed.mask, state)
@@ -87,45 +87,38 @@ class RoundRunner:
 
     def _drop_applied(self, rnd: Round, rows: np.ndarray) -> tuple[Round, np.ndarray]:
         """Events at or below a key's `src` are in its state already: never apply them twice."""
-        src = self.store.cache.src
-        first = np.fromiter((events[0].offset for events in rnd.events), dtype=np.int64, count=len(rnd.events))
-        stale = np.flatnonzero(first <= src[rows]).tolist()
-        if not stale:
+        applied = np.repeat(self.store.cache.src[rows], rnd.lengths)
+        fresh = rnd.events.offset > applied
+        if fresh.all():
             return rnd, rows
-        skipped = 0
-        for i in stale:
-            applied = int(src[rows[i]])
-            fresh = [e for e in rnd.events[i] if e.offset > applied]
-            skipped += len(rnd.events[i]) - len(fresh)
-            rnd.events[i] = fresh
-        self.metrics.events.labels("skipped").inc(skipped)
-        keep = [i for i, events in enumerate(rnd.events) if events]
-        return Round([rnd.ids[i] for i in keep], [rnd.events[i] for i in keep]), rows[keep]
+        self.metrics.events.labels("skipped").inc(int(len(fresh) - fresh.sum()))
+        lengths = np.add.reduceat(fresh.astype(np.int64), rnd.starts)
+        keep = np.flatnonzero(lengths)
+        ids, events = rnd.ids, rnd.events.select(np.flatnonzero(fresh))
+        return Round([ids[k] for k in keep.tolist()], lengths[keep], events), rows[keep]
 
     def _publish(self, rnd: Round, rows: np.ndarray, y: np.ndarray, packed: Packed, producer: OutputProducer) -> None:
         """Every event's prediction, encoded in one call; then each key's step, src and ts."""
-        cache, events, key_of = self.store.cache, packed.events, packed.key_of
-        ts = np.fromiter((e.ts for e in events), dtype=np.int64, count=len(events))
-        offsets = np.fromiter((e.offset for e in events), dtype=np.int64, count=len(events))
-        partitions = np.fromiter((eid[0] for eid in rnd.ids), dtype=np.int64, count=len(rnd.ids))
+        cache, events, key_of = self.store.cache, rnd.events, packed.key_of
+        ts, offsets, partitions = events.ts, events.offset, events.partition
         steps = cache.step[rows][key_of] + packed.step_of + 1
-        values = self.encoder.encode(y[key_of, packed.step_of], ts, partitions[key_of], offsets, steps)
-        ids = rnd.ids
-        producer.produce_many(self.output_topic, [ids[k] for k in key_of.tolist()], values)
+        values = self.encoder.encode(y[key_of, packed.step_of], ts, partitions, offsets, steps)
+        producer.produce_many(self.output_topic, events.ids, values)
         self.metrics.latency.observe_many(np.maximum(0.0, time.time() * 1000.0 - ts) / 1000.0)
-        last = np.cumsum(packed.lengths) - 1
-        cache.step[rows] += packed.lengths
+        last = np.cumsum(rnd.lengths) - 1
+        cache.step[rows] += rnd.lengths
         cache.src[rows], cache.ts[rows] = offsets[last], ts[last]
-        last_ts, key_partitions = ts[last], partitions
+        last_ts, key_partitions = ts[last], partitions[last]
         for p in np.unique(key_partitions).tolist():
             newest = int(last_ts[key_partitions == p].max())
             if newest > self.stream_time.get(p, -1):
                 self.stream_time[p] = newest
-        store = self.store
-        for k, i in enumerate(last.tolist()):
-            if events[i].end:
-                store.end(ids[k], int(rows[k]), int(offsets[i]))
-            elif store.ended:
+        store, ids = self.store, rnd.ids
+        ended = events.end[last]
+        for k in np.flatnonzero(ended).tolist():
+            store.end(ids[k], int(rows[k]), int(offsets[last[k]]))
+        if store.ended:
+            for k in np.flatnonzero(~ended).tolist():
                 store.continued(ids[k])
         self.metrics.predictions.inc(len(events))
         self.metrics.events.labels("predicted").inc(len(events))

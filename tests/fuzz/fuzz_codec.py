@@ -21,7 +21,7 @@ _DECODER = EventDecoder(FEATURES, MAX_BYTES)
 
 def one_input(data: bytes) -> None:
     for decode in (
-        lambda: _DECODER.decode_many([(data, 0, 0, 0), (data[:20], 0, 1, 0)]),
+        lambda: _DECODER.decode([data, data[:20]], [0, 0]),
         lambda: decode_state(data, SIZES),
         lambda: decode_prediction(data),
     ):

@@ -10,25 +10,48 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.batching import CALL_COST, STEP_COST, Batcher, Round, round_steps
-from worker.codec import Event
+from worker.batching import CALL_COST, STEP_COST, Batcher, Events, Round, round_steps
 
 FEATURES = 3
 A, B, C, D = (0, b"a"), (0, b"b"), (1, b"c"), (1, b"d")
 
 
 def ev(partition, offset, *, reset=False, end=False):
-    x = np.full(FEATURES, offset, dtype=np.float32)
-    return Event(partition, offset, x, ts=1000 + offset, reset=reset, end=end)
+    """One event as (partition, offset, reset, end); its x is the offset, its ts 1000 + offset."""
+    return (partition, offset, reset, end)
+
+
+def events(items):
+    """(key, ev) pairs as the columns the worker hands the batcher."""
+    items = list(items)
+    return Events(
+        [key for key, _ in items],
+        np.array([e[0] for _, e in items], dtype=np.int64),
+        np.array([e[1] for _, e in items], dtype=np.int64),
+        np.array([1000 + e[1] for _, e in items], dtype=np.int64),
+        np.array([e[2] for _, e in items], dtype=bool),
+        np.array([e[3] for _, e in items], dtype=bool),
+        np.array([np.full(FEATURES, e[1], dtype=np.float32) for _, e in items], dtype=np.float32).reshape(-1, FEATURES),
+    )
+
+
+def slices(round_):
+    """Each key's events as ev tuples, key by key."""
+    e = round_.events
+    flat = [
+        ev(p, o, reset=r, end=n)
+        for p, o, r, n in zip(e.partition.tolist(), e.offset.tolist(), e.reset.tolist(), e.end.tolist(), strict=True)
+    ]
+    bounds = np.cumsum(round_.lengths).tolist()
+    return [flat[a:b] for a, b in zip([0, *bounds[:-1]], bounds, strict=True)]
 
 
 def offsets(round_):
-    return [[e.offset for e in events] for events in round_.events]
+    return [[e[1] for e in slice_] for slice_ in slices(round_)]
 
 
 def add_all(batcher, items, now=0.0):
-    for eid, event in items:
-        batcher.add(eid, event, now=now)
+    batcher.add(events(items), now=now)
 
 
 def drain(batcher):
@@ -80,7 +103,7 @@ def test_reset_event_starts_a_new_slice():
     assert offsets(batcher.take()) == [[0, 1]]
     second = batcher.take()
     assert offsets(second) == [[2, 3]]
-    assert second.events[0][0].reset is True
+    assert slices(second)[0][0] == ev(0, 2, reset=True)
 
 
 def test_end_event_closes_its_slice():
@@ -88,7 +111,7 @@ def test_end_event_closes_its_slice():
     add_all(batcher, [(A, ev(0, 0)), (A, ev(0, 1, end=True)), (A, ev(0, 2)), (A, ev(0, 3, end=True))])
     first = batcher.take()
     assert offsets(first) == [[0, 1]]
-    assert first.events[0][-1].end is True
+    assert slices(first)[0][-1] == ev(0, 1, end=True)
     assert offsets(batcher.take()) == [[2, 3]]
 
 
@@ -123,32 +146,33 @@ def test_rounds_keep_order_limits_and_reset_end_rules(flags_per_key, max_keys, m
     rnd.shuffle(interleaved)
     cursor = dict.fromkeys(queues, 0)
     batcher = Batcher(max_keys=max_keys, max_steps=max_steps, max_delay_ms=5)
-    for key in interleaved:
-        batcher.add(key, queues[key][cursor[key]], now=0.0)
+    for key in interleaved:  # one event per add, as some polls bring
+        batcher.add(events([(key, queues[key][cursor[key]])]), now=0.0)
         cursor[key] += 1
 
     seen = {key: [] for key in queues}
     while len(batcher):
         pending = [e for key, q in queues.items() for e in q[len(seen[key]) :]]
-        lowest = {p: min(e.offset for e in pending if e.partition == p) for p in {e.partition for e in pending}}
+        lowest = {p: min(e[1] for e in pending if e[0] == p) for p in {e[0] for e in pending}}
         assert batcher.min_pending_offsets() == lowest
         before = len(batcher)
         round_ = batcher.take()
         assert 1 <= len(round_.ids) <= max_keys
         assert len(set(round_.ids)) == len(round_.ids)
-        assert len(batcher) == before - sum(len(s) for s in round_.events)
-        for key, slice_ in zip(round_.ids, round_.events, strict=True):
+        assert len(batcher) == before - len(round_.events)
+        assert round_.events.ids == [
+            key for key, n in zip(round_.ids, round_.lengths.tolist(), strict=True) for _ in range(n)
+        ]
+        for key, slice_ in zip(round_.ids, slices(round_), strict=True):
             assert 1 <= len(slice_) <= max_steps
-            assert not any(e.reset for e in slice_[1:]), "reset only opens a slice"
-            assert not any(e.end for e in slice_[:-1]), "end only closes a slice"
+            assert not any(e[2] for e in slice_[1:]), "reset only opens a slice"
+            assert not any(e[3] for e in slice_[:-1]), "end only closes a slice"
             seen[key].extend(slice_)
             nxt = queues[key][len(seen[key])] if len(seen[key]) < len(queues[key]) else None
             if nxt is not None and len(slice_) < max_steps:  # slices are as long as the rules allow
-                assert slice_[-1].end or nxt.reset
+                assert slice_[-1][3] or nxt[2]
     assert batcher.min_pending_offsets() == {}
-    assert {key: [e.offset for e in s] for key, s in seen.items()} == {
-        key: [e.offset for e in q] for key, q in queues.items()
-    }
+    assert {key: [e[1] for e in s] for key, s in seen.items()} == {key: [e[1] for e in q] for key, q in queues.items()}
 
 
 # --- ready --------------------------------------------------------------------------------
@@ -162,17 +186,17 @@ def test_ready_is_false_when_empty_even_if_caught_up():
 
 def test_ready_when_full():
     batcher = Batcher(max_keys=2, max_steps=4, max_delay_ms=50)
-    batcher.add(A, ev(0, 0), now=10.0)
-    batcher.add(A, ev(0, 1), now=10.0)
+    add_all(batcher, [(A, ev(0, 0))], now=10.0)
+    add_all(batcher, [(A, ev(0, 1))], now=10.0)
     assert batcher.ready(now=10.0, caught_up=False) is False  # many events, but one key
-    batcher.add(B, ev(0, 2), now=10.0)
+    add_all(batcher, [(B, ev(0, 2))], now=10.0)
     assert batcher.ready(now=10.0, caught_up=False) is True
 
 
 def test_ready_when_the_oldest_waited_max_delay():
     batcher = Batcher(max_keys=10, max_steps=4, max_delay_ms=50)
-    batcher.add(A, ev(0, 0), now=10.0)
-    batcher.add(B, ev(0, 1), now=10.03)
+    add_all(batcher, [(A, ev(0, 0))], now=10.0)
+    add_all(batcher, [(B, ev(0, 1))], now=10.03)
     assert batcher.oldest_wait(now=10.04) == pytest.approx(0.04)
     assert batcher.ready(now=10.049, caught_up=False) is False
     assert batcher.ready(now=10.05, caught_up=False) is True
@@ -181,24 +205,24 @@ def test_ready_when_the_oldest_waited_max_delay():
 
 def test_more_events_for_a_waiting_key_do_not_restart_its_clock():
     batcher = Batcher(max_keys=10, max_steps=4, max_delay_ms=50)
-    batcher.add(A, ev(0, 0), now=10.0)
-    batcher.add(A, ev(0, 1), now=10.04)
+    add_all(batcher, [(A, ev(0, 0))], now=10.0)
+    add_all(batcher, [(A, ev(0, 1))], now=10.04)
     assert batcher.oldest_wait(now=10.05) == pytest.approx(0.05)
     assert batcher.ready(now=10.05, caught_up=False) is True
 
 
 def test_ready_when_caught_up_without_waiting():
     batcher = Batcher(max_keys=10, max_steps=4, max_delay_ms=50)
-    batcher.add(A, ev(0, 0), now=10.0)
+    add_all(batcher, [(A, ev(0, 0))], now=10.0)
     assert batcher.ready(now=10.0, caught_up=False) is False
     assert batcher.ready(now=10.0, caught_up=True) is True
 
 
 def test_clock_restarts_for_a_key_emptied_by_take():
     batcher = Batcher(max_keys=10, max_steps=4, max_delay_ms=50)
-    batcher.add(A, ev(0, 0), now=10.0)
+    add_all(batcher, [(A, ev(0, 0))], now=10.0)
     batcher.take()
-    batcher.add(A, ev(0, 1), now=20.0)
+    add_all(batcher, [(A, ev(0, 1))], now=20.0)
     assert batcher.oldest_wait(now=20.01) == pytest.approx(0.01)
     assert batcher.ready(now=20.01, caught_up=False) is False
 
@@ -236,8 +260,8 @@ def test_drop_partition_forgets_only_that_partition():
 
 def test_drop_partition_also_drops_the_wait_clock():
     batcher = Batcher(max_keys=10, max_steps=10, max_delay_ms=50)
-    batcher.add(A, ev(0, 1), now=0.0)
-    batcher.add(C, ev(1, 2), now=10.0)
+    add_all(batcher, [(A, ev(0, 1))], now=0.0)
+    add_all(batcher, [(C, ev(1, 2))], now=10.0)
     batcher.drop_partition(0)
     assert batcher.oldest_wait(now=10.01) == pytest.approx(0.01)
     assert batcher.ready(now=10.01, caught_up=False) is False
@@ -248,26 +272,32 @@ def test_drop_partition_also_drops_the_wait_clock():
 # --- Round.pack ---------------------------------------------------------------------------
 
 
+def round_of(slices_by_key):
+    """A Round of these (key, [ev, ...]) slices."""
+    ids = [key for key, _ in slices_by_key]
+    lengths = np.array([len(evs) for _, evs in slices_by_key], dtype=np.int64)
+    return Round(ids, lengths, events([(key, e) for key, evs in slices_by_key for e in evs]))
+
+
 def test_pack_right_pads_with_zeros_and_masks_padding():
-    round_ = Round(ids=[A, B, C], events=[[ev(0, 1), ev(0, 2), ev(0, 3)], [ev(0, 7)], [ev(1, 4), ev(1, 5)]])
-    packed = round_.pack(FEATURES)
-    x, mask, lengths = packed.x, packed.mask, packed.lengths
+    round_ = round_of([(A, [ev(0, 1), ev(0, 2), ev(0, 3)]), (B, [ev(0, 7)]), (C, [ev(1, 4), ev(1, 5)])])
+    packed = round_.pack()
+    x, mask = packed.x, packed.mask
     assert x.shape == (3, 3, FEATURES)
     assert x.dtype == np.float32
-    assert lengths.tolist() == [3, 1, 2]
     assert mask.dtype == bool
     assert mask.tolist() == [[True, True, True], [True, False, False], [True, True, False]]
     np.testing.assert_array_equal(x[:, :, 0], [[1, 2, 3], [7, 0, 0], [4, 5, 0]])
-    np.testing.assert_array_equal(x[1, 0], ev(0, 7).x)
+    np.testing.assert_array_equal(x[1, 0], np.full(FEATURES, 7))
     assert not x[~mask].any()
     assert packed.key_of.tolist() == [0, 0, 0, 1, 2, 2]
     assert packed.step_of.tolist() == [0, 1, 2, 0, 0, 1]
-    assert [e.offset for e in packed.events] == [1, 2, 3, 7, 4, 5]
-    np.testing.assert_array_equal(x[packed.key_of, packed.step_of], np.stack([e.x for e in packed.events]))
+    assert round_.starts.tolist() == [0, 3, 4]
+    np.testing.assert_array_equal(x[packed.key_of, packed.step_of], round_.events.x)
 
 
 def test_pack_of_one_step_per_key_is_keys_by_one():
-    packed = Round(ids=[A, B], events=[[ev(0, 1)], [ev(0, 2)]]).pack(FEATURES)
+    packed = round_of([(A, [ev(0, 1)]), (B, [ev(0, 2)])]).pack()
     assert packed.x.shape == (2, 1, FEATURES)
     assert packed.mask.all()
     np.testing.assert_array_equal(packed.x[:, 0, 0], [1, 2])
@@ -297,16 +327,36 @@ def test_take_cuts_every_key_at_the_round_steps():
     batcher = Batcher(max_keys=300, max_steps=16, max_delay_ms=5)
     add_all(batcher, [((0, b"k%d" % i), ev(0, i)) for i in range(200)] + [(A, ev(0, 1000 + t)) for t in range(16)])
     taken = batcher.take()
-    assert {len(e) for e in taken.events} == {1}
+    assert set(taken.lengths.tolist()) == {1}
     assert len(batcher) == 15  # A's other events wait for the next round
 
 
 def test_pack_of_a_taken_round_matches_its_events():
     batcher = Batcher(max_keys=4, max_steps=2, max_delay_ms=5)
     add_all(batcher, [(A, ev(0, 1)), (B, ev(0, 2)), (A, ev(0, 3)), (A, ev(0, 4))])
-    packed = batcher.take().pack(FEATURES)
-    x, mask, lengths = packed.x, packed.mask, packed.lengths
+    taken = batcher.take()
+    packed = taken.pack()
+    x, mask = packed.x, packed.mask
     assert x.shape == (2, 2, FEATURES)
-    assert lengths.tolist() == [2, 1]
+    assert taken.lengths.tolist() == [2, 1]
     np.testing.assert_array_equal(x[:, :, 2], [[1, 3], [2, 0]])
     assert mask.sum() == 3
+
+
+def test_a_backlog_over_many_keys_keeps_order_and_forgets_keys_served():
+    """Keys are integer codes while pending; codes of keys served are dropped, not kept forever."""
+    batcher = Batcher(max_keys=3, max_steps=2, max_delay_ms=5)
+    keys = [(k % 2, b"k%d" % k) for k in range(200)]
+    for t in range(3):  # three events per key, interleaved over the keys
+        add_all(batcher, [(key, ev(key[0], 1000 * k + t)) for k, key in enumerate(keys)])
+    got: dict = {key: [] for key in keys}
+    known = []
+    while len(batcher):
+        round_ = batcher.take()
+        for key, offs in zip(round_.ids, offsets(round_), strict=True):
+            got[key].extend(offs)
+            assert batcher.has(key) == (len(got[key]) < 3)
+        known.append(len(batcher._code))
+    assert got == {key: [1000 * k + t for t in range(3)] for k, key in enumerate(keys)}
+    assert max(known[-10:]) < 50 and known[-1] == 0  # codes were renumbered as keys were served
+    assert not batcher.has(keys[0]) and batcher.min_pending_offsets() == {}

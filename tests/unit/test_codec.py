@@ -327,7 +327,19 @@ def _outcome(result):
     """Comparable form of a decode result: the event's fields, or the error's reason."""
     if isinstance(result, CodecError):
         return ("error", result.reason)
-    return (result.partition, result.offset, result.x.tobytes(), result.ts, result.reset, result.end)
+    return (result.x.tobytes(), result.ts, result.reset, result.end)
+
+
+def _outcomes(decoded):
+    """Per value, what EventDecoder.decode made of it, in _outcome's form."""
+    rejected = dict(decoded.rejected)
+    assert not decoded.ok[list(rejected)].any()
+    return [
+        ("error", rejected[i].reason)
+        if i in rejected
+        else (decoded.x[i].tobytes(), int(decoded.ts[i]), bool(decoded.reset[i]), bool(decoded.end[i]))
+        for i in range(len(decoded.ok))
+    ]
 
 
 fast_path_values = st.builds(
@@ -340,44 +352,47 @@ fast_path_values = st.builds(
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 @PROPERTY
 @given(st.lists(fast_path_values | event_like_maps.map(pack) | st.binary(max_size=64) | st.none(), max_size=12))
-def test_decode_many_gives_what_decode_event_gives_record_by_record(values):
-    records = [(value, 2, 100 + i, RECORD_TS + i) for i, value in enumerate(values)]
+def test_decode_gives_what_decode_event_gives_record_by_record(values):
+    stamps = [RECORD_TS + i for i in range(len(values))]
     expected = []
-    for value, partition, offset, record_ts in records:
+    for value, record_ts in zip(values, stamps, strict=True):
         try:
             expected.append(
-                decode_event(
-                    value,
-                    features=FEATURES,
-                    partition=partition,
-                    offset=offset,
-                    record_ts=record_ts,
-                    max_bytes=MAX_BYTES,
-                )
+                decode_event(value, features=FEATURES, partition=2, offset=0, record_ts=record_ts, max_bytes=MAX_BYTES)
             )
         except CodecError as exc:
             expected.append(exc)
-    got = EventDecoder(FEATURES, MAX_BYTES).decode_many(records)
-    assert list(map(_outcome, got)) == list(map(_outcome, expected))
+    got = EventDecoder(FEATURES, MAX_BYTES).decode(values, stamps)
+    assert _outcomes(got) == list(map(_outcome, expected))
+    assert got.ok.tolist() == [not isinstance(e, CodecError) for e in expected]
 
 
-@pytest.mark.parametrize("ts", [None, 1_795_905_342_136, 2**64 - 1])
-def test_decode_many_takes_the_fast_path_for_float32_events_with_or_without_ts(ts, monkeypatch):
+@pytest.mark.parametrize("ts", [None, 1_795_905_342_136, 2**63 - 1])
+def test_decode_takes_the_fast_path_for_float32_events_with_or_without_ts(ts, monkeypatch):
     values = np.arange(12, dtype=np.float32).reshape(3, FEATURES)
-    records = [(encode_event(row, ts=ts), 0, i, RECORD_TS) for i, row in enumerate(values)]
-    records.append((encode_event(np.array([0, np.inf, 0, 0], dtype=np.float32), ts=ts), 0, 3, RECORD_TS))
-    monkeypatch.setattr(codec, "decode_event", lambda *a, **k: pytest.fail("took the general decoder"))
-    got = EventDecoder(FEATURES, MAX_BYTES).decode_many(records)
-    np.testing.assert_array_equal(np.stack([e.x for e in got[:3]]), values)
-    assert [e.offset for e in got[:3]] == [0, 1, 2]
-    assert [e.ts for e in got[:3]] == [RECORD_TS if ts is None else ts] * 3
-    assert isinstance(got[3], CodecError) and got[3].reason == "non_finite"
+    encoded = [encode_event(row, ts=ts) for row in values]
+    encoded.append(encode_event(np.array([0, np.inf, 0, 0], dtype=np.float32), ts=ts))
+    monkeypatch.setattr(codec, "_event_fields", lambda *a, **k: pytest.fail("took the general decoder"))
+    got = EventDecoder(FEATURES, MAX_BYTES).decode(encoded, [RECORD_TS] * 4)
+    np.testing.assert_array_equal(got.x[:3], values)
+    assert got.ts[:3].tolist() == [RECORD_TS if ts is None else ts] * 3
+    assert got.ok.tolist() == [True, True, True, False]
+    assert [(i, e.reason) for i, e in got.rejected] == [(3, "non_finite")]
 
 
-def test_decode_many_refuses_a_common_shape_longer_than_max_bytes():
+@pytest.mark.parametrize("ts", [2**63, 2**64 - 1])
+def test_a_ts_beyond_int64_is_refused_not_wrapped(ts):
+    """Predictions, states and stream time hold ts as int64: a larger one would wrap or crash."""
+    got = EventDecoder(FEATURES, MAX_BYTES).decode([encode_event(np.zeros(FEATURES, np.float32), ts=ts)], [0])
+    assert not got.ok[0]
+    ((i, error),) = got.rejected
+    assert (i, error.reason) == (0, "type") and "64-bit" in error.detail
+
+
+def test_decode_refuses_a_common_shape_longer_than_max_bytes():
     value = encode_event(np.zeros(FEATURES, dtype=np.float32), ts=RECORD_TS)
-    (result,) = EventDecoder(FEATURES, len(value) - 1).decode_many([(value, 0, 0, RECORD_TS)])
-    assert isinstance(result, CodecError) and result.reason == "too_large"
+    got = EventDecoder(FEATURES, len(value) - 1).decode([value], [RECORD_TS])
+    assert [(i, e.reason) for i, e in got.rejected] == [(0, "too_large")]
 
 
 # --- predictions ------------------------------------------------------------------------------
