@@ -306,7 +306,7 @@ class Worker:
         self._next_offset.update({p: offset + 1 for p, offset in last.items()})
         keys: list[bytes | None] = list(map(Message.key, msgs))
         decoded = self.decoder.decode(
-            list(map(Message.value, msgs)), [stamp for _, stamp in map(Message.timestamp, msgs)]
+            list(map(Message.value, msgs)), lambda indexes: [msgs[i].timestamp()[1] for i in indexes]
         )
         bad = {i: (error.reason, error.detail) for i, error in decoded.rejected}
         if None in keys:

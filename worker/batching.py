@@ -201,8 +201,7 @@ class Batcher:
         """
         pending = self._pending()
         code = pending["code"]
-        keys, first = np.unique(code, return_index=True)
-        chosen = keys[np.argsort(first)[: self.max_keys]]  # in serving order
+        chosen = self._first_keys(code)
         rank = np.full(len(self._keys), -1, dtype=np.int64)
         rank[chosen] = np.arange(len(chosen))
         ranks = rank[code]
@@ -228,6 +227,16 @@ class Batcher:
         pending["arrived"][left] = time.monotonic() if now is None else now
         self._keep(pending, np.concatenate([np.flatnonzero(ranks < 0), left]))
         return round_
+
+    def _first_keys(self, code: np.ndarray) -> np.ndarray:
+        """The first `max_keys` distinct codes in arrival order, found in the shortest prefix
+        that holds them: under a backlog a round's keys are the first ~2,000 of ~16,000 events."""
+        span = 2 * self.max_keys
+        while True:
+            keys, first = np.unique(code[:span], return_index=True)
+            if len(keys) >= self.max_keys or span >= len(code):
+                return keys[np.argsort(first)[: self.max_keys]]
+            span *= 4
 
     def min_pending_offsets(self) -> dict[int, int]:
         """Per partition, the lowest offset still waiting: offsets below it are processed."""

@@ -7,6 +7,7 @@ so a hostile record costs one CodecError, never the worker.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,32 +176,34 @@ class EventDecoder:
         # (layout, has ts); an event longer than max_bytes is too_large, whatever its shape
         self._shapes = [(layout, has_ts) for layout, has_ts in shapes if layout.size <= max_bytes]
 
-    def decode(self, values: list[bytes | None], timestamps: list[int]) -> DecodedEvents:
-        """`timestamps` are the records' own, the ts of an event without one."""
+    def decode(self, values: list[bytes | None], record_ts: Callable[[list[int]], list[int]]) -> DecodedEvents:
+        """`record_ts(indexes)` gives those records' own timestamps: the ts of an event without
+        one (asked only for such events: reading every record's costs ~0.3 us per event)."""
         n = len(values)
         x = np.zeros((n, self.features), dtype=np.float32)
         ts = np.zeros(n, dtype=np.int64)
         reset, end = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
-        fast = np.zeros(n, dtype=bool)
+        fast, sizes = np.zeros(n, dtype=bool), value_sizes(values)
         for layout, has_ts in self._shapes:  # their lengths differ: a value fits one at most
-            indexes, rows = layout.parse(values)
-            if not indexes:
+            indexes, rows = layout.parse(values, sizes)
+            if not len(indexes):
                 continue
             fast[indexes] = True
             x[indexes] = rows["x"]
             if has_ts:
                 stamps = rows["ts"]
-                fast[np.asarray(indexes)[stamps > _TS_MAX]] = False  # the general path says why
+                fast[indexes[stamps > _TS_MAX]] = False  # the general path says why
                 ts[indexes] = stamps.astype(np.int64)
             else:
-                ts[indexes] = np.asarray(timestamps, dtype=np.int64)[indexes]
+                ts[indexes] = record_ts(indexes.tolist())
         ok = fast & np.isfinite(x).all(axis=1)
         rejected = [
             (i, CodecError("non_finite", "x holds NaN or infinity")) for i in np.flatnonzero(fast & ~ok).tolist()
         ]
-        for i in np.flatnonzero(~fast).tolist():
+        general = np.flatnonzero(~fast).tolist()
+        for i, stamp in zip(general, record_ts(general) if general else [], strict=True):
             try:
-                x[i], ts[i], reset[i], end[i] = _event_fields(values[i], self.features, timestamps[i], self.max_bytes)
+                x[i], ts[i], reset[i], end[i] = _event_fields(values[i], self.features, stamp, self.max_bytes)
             except CodecError as exc:
                 rejected.append((i, exc))
                 continue
@@ -283,12 +286,13 @@ class _FixedLayout:
         """Bytes of every record of this layout."""
         return int(self._dtype.itemsize)
 
-    def parse(self, values: list[bytes | None]) -> tuple[list[int], np.ndarray]:
+    def parse(self, values: list[bytes | None], sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The values written in exactly this layout (length and every constant byte), as rows:
-        their indexes, and the rows. Anything else is left to the caller's general decoder."""
-        size = self.size
-        fits = [i for i, v in enumerate(values) if v is not None and len(v) == size]
-        rows = np.frombuffer(b"".join([values[i] for i in fits]), dtype=self._dtype)  # type: ignore[misc]
+        their indexes, and the rows. Anything else is left to the caller's general decoder.
+        `sizes` are the values' lengths (`value_sizes`), computed once for every layout tried."""
+        fits = np.flatnonzero(sizes == self.size)
+        chosen = values if len(fits) == len(values) else [values[i] for i in fits.tolist()]
+        rows = np.frombuffer(b"".join(chosen), dtype=self._dtype)  # type: ignore[arg-type]
         ok = np.ones(len(rows), dtype=bool)
         for name, part in self._constants:
             ok &= rows[name] == part
@@ -296,7 +300,15 @@ class _FixedLayout:
             ok &= (rows[name]["marker"] == marker).all(axis=-1)
         if ok.all():
             return fits, rows
-        return [i for i, good in zip(fits, ok.tolist(), strict=True) if good], rows[ok]
+        return fits[ok], rows[ok]
+
+
+def value_sizes(values: list[bytes | None]) -> np.ndarray:
+    """Each value's length, -1 for a null one."""
+    try:
+        return np.fromiter(map(len, values), dtype=np.int64, count=len(values))  # type: ignore[arg-type]
+    except TypeError:  # a null value
+        return np.array([-1 if value is None else len(value) for value in values], dtype=np.int64)
 
 
 def _key(name: str) -> bytes:
@@ -379,18 +391,14 @@ class StateEncoder:
             parts += [_bin_header(4 * size), (f"s{i}", ("<f4", (size,)))]
         self._layout = _FixedLayout(parts, markers={})
 
-    def decode_many(self, values: list[bytes | None]) -> tuple[list[int], StateBatch]:
+    def decode_many(self, values: list[bytes | None]) -> tuple[np.ndarray, StateBatch]:
         """The values this encoder wrote (this model, this layout), decoded together: their
         indexes and contents. Others (tombstones, other models or writers) need `decode_state`."""
-        indexes, rows = self._layout.parse(values)
+        indexes, rows = self._layout.parse(values, value_sizes(values))
         states = np.concatenate([rows[f"s{i}"] for i in range(len(self.sizes))], axis=1, dtype=np.float32)
         finite = np.isfinite(states).all(axis=1)  # the others get decode_state's error
         if not finite.all():
-            indexes, rows, states = (
-                [i for i, ok in zip(indexes, np.asarray(finite).tolist(), strict=True) if ok],
-                rows[finite],
-                states[finite],
-            )
+            indexes, rows, states = indexes[finite], rows[finite], states[finite]
         cast = [rows[name].astype(np.int64) for name in ("step", "partition", "offset", "ts")]
         return indexes, StateBatch(states, *cast)
 

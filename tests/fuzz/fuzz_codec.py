@@ -21,7 +21,7 @@ _DECODER = EventDecoder(FEATURES, MAX_BYTES)
 
 def one_input(data: bytes) -> None:
     for decode in (
-        lambda: _DECODER.decode([data, data[:20]], [0, 0]),
+        lambda: _DECODER.decode([data, data[:20]], lambda indexes: [0] * len(indexes)),
         lambda: decode_state(data, SIZES),
         lambda: decode_prediction(data),
     ):

@@ -330,6 +330,17 @@ def _outcome(result):
     return (result.x.tobytes(), result.ts, result.reset, result.end)
 
 
+def _record_ts(stamps, asked=None):
+    """The decoder's record_ts over these records' timestamps; `asked` collects the indexes."""
+
+    def record_ts(indexes):
+        if asked is not None:
+            asked.extend(indexes)
+        return [stamps[i] for i in indexes]
+
+    return record_ts
+
+
 def _outcomes(decoded):
     """Per value, what EventDecoder.decode made of it, in _outcome's form."""
     rejected = dict(decoded.rejected)
@@ -362,7 +373,7 @@ def test_decode_gives_what_decode_event_gives_record_by_record(values):
             )
         except CodecError as exc:
             expected.append(exc)
-    got = EventDecoder(FEATURES, MAX_BYTES).decode(values, stamps)
+    got = EventDecoder(FEATURES, MAX_BYTES).decode(values, _record_ts(stamps))
     assert _outcomes(got) == list(map(_outcome, expected))
     assert got.ok.tolist() == [not isinstance(e, CodecError) for e in expected]
 
@@ -373,7 +384,9 @@ def test_decode_takes_the_fast_path_for_float32_events_with_or_without_ts(ts, mo
     encoded = [encode_event(row, ts=ts) for row in values]
     encoded.append(encode_event(np.array([0, np.inf, 0, 0], dtype=np.float32), ts=ts))
     monkeypatch.setattr(codec, "_event_fields", lambda *a, **k: pytest.fail("took the general decoder"))
-    got = EventDecoder(FEATURES, MAX_BYTES).decode(encoded, [RECORD_TS] * 4)
+    asked = []
+    got = EventDecoder(FEATURES, MAX_BYTES).decode(encoded, _record_ts([RECORD_TS] * 4, asked))
+    assert asked == ([0, 1, 2, 3] if ts is None else [])  # a record's own timestamp only for events without one
     np.testing.assert_array_equal(got.x[:3], values)
     assert got.ts[:3].tolist() == [RECORD_TS if ts is None else ts] * 3
     assert got.ok.tolist() == [True, True, True, False]
@@ -383,7 +396,8 @@ def test_decode_takes_the_fast_path_for_float32_events_with_or_without_ts(ts, mo
 @pytest.mark.parametrize("ts", [2**63, 2**64 - 1])
 def test_a_ts_beyond_int64_is_refused_not_wrapped(ts):
     """Predictions, states and stream time hold ts as int64: a larger one would wrap or crash."""
-    got = EventDecoder(FEATURES, MAX_BYTES).decode([encode_event(np.zeros(FEATURES, np.float32), ts=ts)], [0])
+    value = encode_event(np.zeros(FEATURES, np.float32), ts=ts)
+    got = EventDecoder(FEATURES, MAX_BYTES).decode([value], _record_ts([0]))
     assert not got.ok[0]
     ((i, error),) = got.rejected
     assert (i, error.reason) == (0, "type") and "64-bit" in error.detail
@@ -391,7 +405,7 @@ def test_a_ts_beyond_int64_is_refused_not_wrapped(ts):
 
 def test_decode_refuses_a_common_shape_longer_than_max_bytes():
     value = encode_event(np.zeros(FEATURES, dtype=np.float32), ts=RECORD_TS)
-    got = EventDecoder(FEATURES, len(value) - 1).decode([value], [RECORD_TS])
+    got = EventDecoder(FEATURES, len(value) - 1).decode([value], _record_ts([RECORD_TS]))
     assert [(i, e.reason) for i, e in got.rejected] == [(0, "too_large")]
 
 
@@ -517,16 +531,15 @@ def test_state_decode_many_takes_only_records_of_its_own_layout():
     values = [a, None, encode_state(states[0], SIZES, model="other", step=1, partition=0, offset=1, ts=1), b, nan_value]
     values += [c[:-1], c]
     indexes, batch = encoder.decode_many(values)
-    assert indexes == [0, 3, 6]
+    assert indexes.tolist() == [0, 3, 6]
     np.testing.assert_array_equal(batch.states, states)
     assert (
         batch.step.tolist() == [1, 2, 3]
         and batch.src_offset.tolist() == [10, 11, 12]
         and batch.ts.tolist() == [5, 6, 7]
     )
-    for i in indexes:  # what the general decoder reads from the same bytes
+    for j, i in enumerate(indexes.tolist()):  # what the general decoder reads from the same bytes
         record = decode_state(values[i], SIZES)
-        j = indexes.index(i)
         assert (record.step, record.src_offset, record.ts) == (batch.step[j], batch.src_offset[j], batch.ts[j])
 
 
