@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from worker.codec import encode_state
+from worker.kafka.reader import Records
 from worker.metrics import Metrics
 from worker.state.cache import StateCache
 from worker.state.store import StateStore
@@ -39,13 +40,18 @@ def random_records(rng: np.random.Generator, count: int, keys: int) -> list[tupl
     return records
 
 
+def columns(records) -> Records:
+    """Record tuples as the reader's columns."""
+    return Records(*(list(column) for column in zip(*records, strict=True))) if records else Records([], [], [], [])
+
+
 def restored(records, capacity: int, bulk: bool, batch: int) -> StateStore:
     store = StateStore(StateCache(capacity, sum(SIZES)), None, SIZES, MODEL, Metrics(), track_idle=True)  # type: ignore[arg-type]
     store.begin_restore([0, 1, 2])
     for start in range(0, len(records), batch):
         part = records[start : start + batch]
         if bulk:
-            store.apply_many(part)
+            store.apply_many(columns(part))
         else:
             for record in part:
                 store.apply(*record)
@@ -91,9 +97,9 @@ def test_an_empty_batch_and_a_revoked_partitions_records_change_nothing():
     rng = np.random.default_rng(5)
     records = random_records(rng, 50, keys=10)
     store = restored([], 16, True, 1)
-    store.apply_many([])
+    store.apply_many(columns([]))
     del store.index[1]  # revoked while restoring
-    store.apply_many(records)
+    store.apply_many(columns(records))
     assert set(store.index) == {0, 2} and len(store.cache) == len(cached(store))
     assert not any((1, key) in store.cache for p, _, key, _ in records if p == 1)
     assert 1 not in store.seen or not store.seen[1]

@@ -10,15 +10,54 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from worker.errors import TopicError
 
 log = logging.getLogger(__name__)
 
 Record = tuple[int, int, bytes, bytes | None]  # partition, offset, key, value (None: tombstone)
+
+
+@dataclass(slots=True)
+class Records:
+    """A consume() batch as columns (record i is item i of each list): each field is read for
+    the whole batch with one `map`, not record by record (~2 us per record at a restore)."""
+
+    partitions: list[int]
+    offsets: list[int]
+    keys: list[bytes]
+    values: list[bytes | None]  # None: a tombstone
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def rows(self) -> Iterator[Record]:
+        return zip(self.partitions, self.offsets, self.keys, self.values, strict=True)
+
+    def take(self, index: list[int]) -> Records:
+        """These records, in this order."""
+        partitions, offsets, keys, values = self.partitions, self.offsets, self.keys, self.values
+        return Records(
+            [partitions[i] for i in index],
+            [offsets[i] for i in index],
+            [keys[i] for i in index],
+            [values[i] for i in index],
+        )
+
+    @staticmethod
+    def of(msgs: list[Message]) -> Records:
+        return Records(
+            list(map(Message.partition, msgs)),  # type: ignore[arg-type]
+            list(map(Message.offset, msgs)),  # type: ignore[arg-type]
+            list(map(Message.key, msgs)),  # type: ignore[arg-type]
+            list(map(Message.value, msgs)),
+        )
+
+
 _SEEK_GAP = 2000  # re-position rather than read through more records than this
 _STALL_S = 60.0
 
@@ -56,30 +95,41 @@ class TopicReader:
     def read_partitions(self, partitions: list[int]) -> Iterator[Record]:
         """Every record of the partitions, from the beginning to the end as of this call."""
         for batch in self.read_partition_batches(partitions):
-            yield from batch
+            yield from batch.rows()
 
-    def read_partition_batches(self, partitions: list[int]) -> Iterator[list[Record]]:
+    def read_partition_batches(self, partitions: list[int]) -> Iterator[Records]:
         """The same, a consume() batch at a time (the restore decodes a batch together)."""
         offsets = self._end_offsets(partitions)
         ends = {p: high for p, (_, high) in offsets.items()}
         self._consumer.assign([TopicPartition(self.topic, p, low) for p, (low, _) in offsets.items()])
         for msgs in self._batches(ends):
-            batch: list[Record] = []
-            for m in msgs:
-                p = m.partition()
-                if m.error() is not None:
-                    self._check(m.error())
-                    ends.pop(p, None)
-                    continue
-                if p not in ends:
-                    continue
-                offset = m.offset()
-                batch.append((p, offset, m.key(), m.value()))
-                if offset >= ends[p] - 1:
-                    del ends[p]
-            if batch:
+            batch = Records.of(msgs)
+            last = dict(zip(batch.partitions, batch.offsets, strict=True))  # a partition's come in order
+            if any(map(Message.error, msgs)) or not all(p in ends and offset < ends[p] for p, offset in last.items()):
+                batch = self._within_ends(msgs, batch, ends)
+            else:
+                for p, offset in last.items():
+                    if offset >= ends[p] - 1:
+                        del ends[p]
+            if len(batch):
                 yield batch
         self._consumer.unassign()
+
+    def _within_ends(self, msgs: list[Message], batch: Records, ends: dict[int, int]) -> Records:
+        """The batch's records below their partition's end; partitions at their end are done."""
+        kept = []
+        for i, (m, p, offset) in enumerate(zip(msgs, batch.partitions, batch.offsets, strict=True)):
+            error = m.error()
+            if error is not None:
+                self._check(error)
+                ends.pop(p, None)
+                continue
+            if p not in ends:
+                continue
+            kept.append(i)
+            if offset >= ends[p] - 1:
+                del ends[p]
+        return batch.take(kept)
 
     def read_offsets(self, wanted: dict[int, list[int]]) -> dict[tuple[int, int], Record]:
         """The records at these offsets (a missing one is left out), read together."""

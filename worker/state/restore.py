@@ -39,7 +39,9 @@ class Restore:
         read to its end."""
         read, done = 0, True
         for batch in self._batches:
-            self._store.apply_many([record for record in batch if record[0] in self.partitions])
+            if not self.partitions.issuperset(batch.partitions):
+                batch = batch.take([i for i, p in enumerate(batch.partitions) if p in self.partitions])
+            self._store.apply_many(batch)
             read += len(batch)
             if read >= budget:
                 done = False

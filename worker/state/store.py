@@ -19,7 +19,7 @@ import numpy as np
 from worker.codec import CodecError, StateBatch, StateEncoder, StateRecord, decode_state
 from worker.errors import ModelError
 from worker.kafka.output import OutputProducer
-from worker.kafka.reader import Record, TopicReader
+from worker.kafka.reader import Records, TopicReader
 from worker.metrics import Metrics
 from worker.state.cache import EntityId, StateCache
 
@@ -101,33 +101,35 @@ class StateStore:
                 (p, key), record.state, step=record.step, src=record.src_offset, ts=record.ts, dirty=False
             )
 
-    def apply_many(self, records: list[Record]) -> None:
+    def apply_many(self, records: Records) -> None:
         """State records read at restore, in order: those of this model and layout decoded and
         cached together, the others (tombstones, other models or writers) one by one between."""
-        indexes, batch = self.encoder.decode_many([value for *_, value in records])
+        indexes, batch = self.encoder.decode_many(records.values)
         decoded = np.zeros(len(records), dtype=bool)
         decoded[indexes] = True
         row_of = np.cumsum(decoded) - 1  # record -> its row of the batch
         cuts = np.flatnonzero(np.diff(decoded, prepend=False, append=False)).tolist()  # run starts and ends
         done = 0
-        for a, b in zip(cuts[::2], cuts[1::2], strict=True):  # [a, b): a run of decoded records
-            for p, offset, key, value in records[done:a]:
-                self.apply(p, offset, key, value)
-            self._apply_decoded(records[a:b], row_of[a:b], batch)
+        for a, b in [*zip(cuts[::2], cuts[1::2], strict=True), (len(records), len(records))]:
+            for i in range(done, a):  # [done, a): not decoded together
+                self.apply(records.partitions[i], records.offsets[i], records.keys[i], records.values[i])
+            if a < b:  # [a, b): a run of decoded records
+                self._apply_decoded(
+                    records.partitions[a:b], records.offsets[a:b], records.keys[a:b], row_of[a:b], batch
+                )
             done = b
-        for p, offset, key, value in records[done:]:
-            self.apply(p, offset, key, value)
 
-    def _apply_decoded(self, records: list[Record], rows_of: np.ndarray, batch: StateBatch) -> None:
+    def _apply_decoded(
+        self, partition_of: list[int], offsets: list[int], keys: list[bytes], rows_of: np.ndarray, batch: StateBatch
+    ) -> None:
         """Index these records (record k is row rows_of[k] of the batch) and warm the LRU with the
         newest of them, as `apply` would: partition by partition, with bulk dict updates."""
-        partitions = np.fromiter((r[0] for r in records), dtype=np.int64, count=len(records))
-        bounds = [0, *(np.flatnonzero(np.diff(partitions)) + 1).tolist(), len(records)]
-        keys, offsets = [r[2] for r in records], [r[1] for r in records]
+        partitions = np.array(partition_of, dtype=np.int64)
+        bounds = [0, *(np.flatnonzero(np.diff(partitions)) + 1).tolist(), len(partitions)]
         eids: list[EntityId] = []
         kept: list[np.ndarray] = []
         for a, b in pairwise(bounds):  # a run of one partition's records
-            p = int(partitions[a])
+            p = partition_of[a]
             index = self.index.get(p)
             if index is None:  # revoked while restoring
                 continue
