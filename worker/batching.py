@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from itertools import islice
 
 import numpy as np
 
@@ -64,7 +63,8 @@ class Packed:
 
 @dataclass(slots=True)
 class Round:
-    """The keys of one model call and their events, key by key, each key's in offset order."""
+    """The keys of one model call and their events, key by key, each key's in offset order.
+    A batcher's rounds list their keys longest slice first."""
 
     ids: list[EntityId]
     lengths: np.ndarray  # [keys] events of each key
@@ -127,7 +127,7 @@ class Batcher:
         self._code: dict[EntityId, int] = {}
         self._keys: list[EntityId] = []  # code -> key
         self._count = np.zeros(0, dtype=np.int64)  # code -> its pending events
-        self._distinct = 0  # keys with pending events
+        self._distinct = 0  # keys with pending events, -1: not counted since the last add
         self._parts: list[Columns] = []  # joined by the next call that needs them together
         self.pending_events = 0
 
@@ -137,13 +137,16 @@ class Batcher:
     def add(self, events: Events, now: float | None = None) -> None:
         if not len(events):
             return
-        code, before = self._code, len(self._code)
-        codes = np.array([code.setdefault(eid, len(code)) for eid in events.ids], dtype=np.int64)
-        if len(code) > before:  # new keys, the newest last in the dict
-            self._keys.extend(list(islice(reversed(code), len(code) - before))[::-1])
-            self._count = np.concatenate([self._count, np.zeros(len(code) - before, dtype=np.int64)])
-        self._distinct += int((self._count[np.unique(codes)] == 0).sum())
+        # a new key's code is its event's place in the codes given out so far, so that codes
+        # and their keys are assigned in C: `_keys[c]` is right for every code in use, and the
+        # places of events whose key had a code already stay unused until codes are renumbered
+        n, start = len(events), len(self._keys)
+        codes = np.fromiter(map(self._code.setdefault, events.ids, range(start, start + n)), np.int64, count=n)
+        self._keys.extend(events.ids)
+        if len(self._keys) > len(self._count):
+            self._count = np.concatenate([self._count, np.zeros(len(self._keys), dtype=np.int64)])
         np.add.at(self._count, codes, 1)
+        self._distinct = -1  # counted when asked
         arrived = np.full(len(events), time.monotonic() if now is None else now)
         self._parts.append({"code": codes, "arrived": arrived, **{name: getattr(events, name) for name in _ARRAYS}})
         self.pending_events += len(events)
@@ -163,9 +166,15 @@ class Batcher:
         self._distinct = int(np.count_nonzero(self._count))
         if len(self._keys) > 4 * self._distinct + 4 * self.max_keys:
             used, kept["code"] = np.unique(kept["code"], return_inverse=True)
-            self._keys = [self._keys[c] for c in used.tolist()]
-            self._code = {eid: c for c, eid in enumerate(self._keys)}
+            self._keys = list(map(self._keys.__getitem__, used.tolist()))
+            self._code = dict(zip(self._keys, range(len(used)), strict=True))
             self._count = self._count[used]
+
+    def distinct_keys(self) -> int:
+        """Keys with events waiting."""
+        if self._distinct < 0:
+            self._distinct = int(np.count_nonzero(self._count))
+        return self._distinct
 
     def has(self, eid: EntityId) -> bool:
         """The key has events waiting."""
@@ -188,7 +197,7 @@ class Batcher:
             return False
         return (
             caught_up
-            or self._distinct >= self.max_keys
+            or self.distinct_keys() >= self.max_keys
             or self.backlogged()
             or self.oldest_wait(now) >= self.max_delay_s
         )
@@ -220,9 +229,16 @@ class Batcher:
             seen = np.cumsum(breaks)
             taken &= seen == np.repeat(seen[starts], counts)  # a key's first event is never a break
         index = order[taken]
-        key_of = self._keys
-        events = Events([key_of[c] for c in code[index].tolist()], *(pending[name][index] for name in _ARRAYS))
-        round_ = Round([key_of[c] for c in chosen.tolist()], np.bincount(ranks[index], minlength=len(chosen)), events)
+        lengths = np.bincount(ranks[index], minlength=len(chosen))
+        if steps > 1:  # longest slices first: the keys with an event at step t are then a prefix of the rows
+            by_length = np.argsort(-lengths, kind="stable")
+            place = np.empty_like(by_length)
+            place[by_length] = np.arange(len(by_length))
+            index = index[np.argsort(place[ranks[index]], kind="stable")]
+            chosen, lengths = chosen[by_length], lengths[by_length]
+        key_of = self._keys.__getitem__
+        events = Events(list(map(key_of, code[index].tolist())), *(pending[name][index] for name in _ARRAYS))
+        round_ = Round(list(map(key_of, chosen.tolist())), lengths, events)
         left = order[~taken]  # behind the keys not served
         pending["arrived"][left] = time.monotonic() if now is None else now
         self._keep(pending, np.concatenate([np.flatnonzero(ranks < 0), left]))

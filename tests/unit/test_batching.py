@@ -86,15 +86,27 @@ def test_take_respects_max_keys_oldest_keys_first():
 
 def test_take_respects_max_steps_and_a_key_with_leftovers_goes_behind_the_others():
     batcher = Batcher(max_keys=2, max_steps=2, max_delay_ms=5)
-    add_all(batcher, [(A, ev(0, o)) for o in range(5)] + [(B, ev(0, 10)), (C, ev(1, 20))])
+    add_all(batcher, [(A, ev(0, o)) for o in range(5)] + [(B, ev(0, 10)), (C, ev(1, 20)), (D, ev(1, 30))])
     first = batcher.take()
     assert (first.ids, offsets(first)) == ([A, B], [[0, 1], [10]])
-    assert len(batcher) == 4
-    second = batcher.take()
-    assert (second.ids, offsets(second)) == ([C, A], [[20], [2, 3]])
+    assert len(batcher) == 5
+    second = batcher.take()  # A's leftovers wait behind C and D
+    assert (second.ids, offsets(second)) == ([C, D], [[20], [30]])
     third = batcher.take()
-    assert (third.ids, offsets(third)) == ([A], [[4]])
+    assert (third.ids, offsets(third)) == ([A], [[2, 3]])
+    assert offsets(batcher.take()) == [[4]]
     assert len(batcher) == 0
+
+
+def test_a_round_lists_its_keys_longest_slice_first():
+    """The model step then finds the keys with an event at step t as a prefix of its rows."""
+    batcher = Batcher(max_keys=4, max_steps=4, max_delay_ms=5)
+    add_all(batcher, [(A, ev(0, 1)), (B, ev(0, 2)), (B, ev(0, 3)), (C, ev(1, 4)), (C, ev(1, 5)), (C, ev(1, 6))])
+    round_ = batcher.take()
+    assert (round_.ids, offsets(round_)) == ([C, B, A], [[4, 5, 6], [2, 3], [1]])
+    assert round_.events.ids == [C, C, C, B, B, A]
+    mask = round_.pack().mask
+    assert all(mask[: int(mask[:, t].sum()), t].all() for t in range(mask.shape[1]))
 
 
 def test_reset_event_starts_a_new_slice():

@@ -218,3 +218,14 @@ def test_rows_being_written_stay_pinned_until_acknowledged():
     assert C in cache and B in cache and A not in cache
     cache.remove(B)
     assert cache.writing == set()
+
+
+def test_lookup_many_gives_rows_of_resident_keys_and_marks_them_most_recent():
+    cache = StateCache(capacity=4, state_dim=DIM)
+    rows = {eid: put(cache, eid, i) for i, eid in enumerate((A, B, C, D))}
+    assert cache.lookup_many([C, E, A]) == [rows[C], None, rows[A]]
+    put(cache, E, 9)  # evicts the least recently used: B (A and C were just used)
+    assert resident(cache) == {A, C, D, E}
+    put(cache, B, 8)  # then D
+    assert resident(cache) == {A, B, C, E}
+    assert cache.lookup_many([]) == []

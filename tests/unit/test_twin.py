@@ -145,7 +145,8 @@ def _prefix_outputs(model: keras.Model, x: np.ndarray) -> np.ndarray:
 
 
 def _stream(twin: StreamingTwin, x: np.ndarray, schedule: Sequence[int], seed: int = 0) -> np.ndarray:
-    """Feed every key's history in chunks, keys shuffled and padded with junk each call."""
+    """Feed every key's history in chunks, keys shuffled and padded with junk each call; with
+    an odd seed the keys are then ordered longest chunk first, as the batcher packs a round."""
     rng = np.random.default_rng(seed)
     keys = len(LENGTHS)
     lengths = np.array(LENGTHS)
@@ -156,6 +157,8 @@ def _stream(twin: StreamingTwin, x: np.ndarray, schedule: Sequence[int], seed: i
         if (done >= lengths).all():
             return got
         order = rng.permutation(keys)
+        if seed % 2:
+            order = order[np.argsort(-np.minimum(chunk, lengths[order] - done[order]), kind="stable")]
         taken = np.minimum(chunk, lengths[order] - done[order])
         batch_x = (100 * rng.normal(size=(keys, chunk, FEATURES))).astype(np.float32)
         batch_mask = np.arange(chunk)[None, :] < taken[:, None]
@@ -373,3 +376,18 @@ def test_branching_functional_model_is_refused() -> None:
     model = keras.Model(inputs, keras.layers.LSTM(2)(joined))
     with pytest.raises(ModelError, match=r"layer 'join' \(Add\) is not supported: it takes 2"):
         StreamingTwin.from_model(model)
+
+
+def test_prefix_rows_only_for_rows_longest_first_without_holes() -> None:
+    """The NumPy step skips padded rows only when the rows with an event are the first ones."""
+    from worker.model.numpy_step import _prefix_rows
+
+    def mask(lengths: list[int], steps: int = 3) -> np.ndarray:
+        return np.arange(steps)[None, :] < np.array(lengths)[:, None]
+
+    assert _prefix_rows(mask([3, 2, 2, 0])) == [3, 3, 1]
+    assert _prefix_rows(mask([1, 3, 2])) is None  # not longest first
+    holes = mask([3, 3])
+    holes[0, 1] = False  # a masked step inside a row (a Masking layer's)
+    assert _prefix_rows(holes) is None
+    assert _prefix_rows(mask([1, 1], steps=1)) is None  # one step: nothing to skip

@@ -124,13 +124,19 @@ class _Recurrent:
             self.gate_act = _sigmoid_of_double
         self.gate_kernel = np.ascontiguousarray(gates)
         self.candidate_kernel = np.ascontiguousarray(with_bias[:, 2 * n : 3 * n])
-        self._ones = np.ones((0, 1), np.float32)
+        self._xh1 = np.ones((0, 0), np.float32)
 
     def _with_ones(self, x: Array, h: Array) -> Array:
-        """[x, h, 1]: the bias row of the LSTM's kernels multiplies the ones column."""
-        if len(self._ones) < len(x):
-            self._ones = np.ones((len(x), 1), np.float32)
-        return np.concatenate([x, h, self._ones[: len(x)]], axis=1)
+        """[x, h, 1]: the bias row of the LSTM's kernels multiplies the ones column. Written
+        into a buffer kept across calls (its ones column stays), used only until both
+        products are taken."""
+        rows, width = x.shape
+        if len(self._xh1) < rows:
+            self._xh1 = np.ones((rows, width + self.units + 1), np.float32)
+        xh1 = self._xh1[:rows]
+        xh1[:, :width] = x
+        xh1[:, width:-1] = h
+        return xh1
 
     def cell(self, x: Array, states: list[Array]) -> list[Array]:
         """One step of every row; returns the new states (h first)."""
@@ -141,7 +147,15 @@ class _Recurrent:
             gates = self.gate_act(xh1 @ self.gate_kernel)
             i, f, o = gates[:, :n], gates[:, n : 2 * n], gates[:, 2 * n :]
             c_new = f * c
-            c_new += i * self.act(xh1 @ self.candidate_kernel)
+            candidate = xh1 @ self.candidate_kernel
+            if self.act is np.tanh:  # in place: two fewer arrays allocated per step
+                np.tanh(candidate, out=candidate)
+                candidate *= i
+                c_new += candidate
+                h_new = np.tanh(c_new)
+                h_new *= o
+                return [h_new, c_new]
+            c_new += i * self.act(candidate)
             return [o * self.act(c_new), c_new]
         if self.kind == "SimpleRNN":
             z = np.concatenate([x, states[0]], axis=1) @ self.fused
@@ -165,17 +179,41 @@ class _Recurrent:
         """Outputs [B, T, units] and the states after each row's last valid step."""
         batch, steps = mask.shape
         out = np.empty((batch, steps, self.units), np.float32)
+        prefix, owned = _prefix_rows(mask), False
         for t in range(steps):
-            new = self.cell(x[:, t], states)
             valid = mask[:, t]
-            if valid.all():
-                states = new
-                out[:, t] = new[0]
+            rows = prefix[t] if prefix is not None else -1
+            if rows == batch or (rows < 0 and valid.all()):
+                states, owned = self.cell(x[:, t], states), True
+                out[:, t] = states[0]
                 continue
+            if rows >= 0:  # the rows with an event are the first ones: step only those
+                if not owned:  # the caller's arrays
+                    states, owned = [s.copy() for s in states], True
+                new = self.cell(x[:rows, t], [s[:rows] for s in states])
+                for s, n in zip(states, new, strict=True):
+                    s[:rows] = n
+                out[:rows, t] = new[0]
+                out[rows:, t] = 0.0 if self.zero_output_for_mask else states[0][rows:]
+                continue
+            new = self.cell(x[:, t], states)
             keep = valid[:, None]
             states = [np.where(keep, n, s) for n, s in zip(new, states, strict=True)]
             out[:, t] = np.where(keep, states[0], 0.0) if self.zero_output_for_mask else states[0]
         return out, states
+
+
+def _prefix_rows(mask: Array) -> list[int] | None:
+    """Per step, how many rows have an event when those are always the first rows (each row's
+    events from step 0, rows longest first, as the batcher packs a round); else None. Stepping
+    only those rows skips the padding's arithmetic and the masked merge of the states."""
+    batch, steps = mask.shape
+    lengths = mask.sum(axis=1)
+    if steps == 1 or (batch > 1 and (np.diff(lengths) > 0).any()):
+        return None
+    if not (mask == (np.arange(steps)[None, :] < lengths[:, None])).all():
+        return None
+    return [int(n) for n in (lengths[None, :] > np.arange(steps)[:, None]).sum(axis=1)]
 
 
 def _per_step(layer: keras.layers.Layer) -> _Apply:

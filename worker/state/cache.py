@@ -8,7 +8,7 @@ drops clean rows, so a state is never lost before it is written.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 import numpy as np
 
@@ -58,6 +58,15 @@ class StateCache:
         if row is not None:
             self._rows.move_to_end(eid)
         return row
+
+    def lookup_many(self, eids: list[EntityId]) -> list[int | None]:
+        """`lookup` for a round's keys: the dict calls run in C over the whole list."""
+        rows = list(map(self._rows.get, eids))
+        touch = self._rows.move_to_end
+        if None in rows:
+            eids = [eid for eid, row in zip(eids, rows, strict=True) if row is not None]
+        deque(map(touch, eids), maxlen=0)
+        return rows
 
     def is_dirty(self, eid: EntityId) -> bool:
         row = self._rows.get(eid)
