@@ -296,7 +296,7 @@ class Worker:
         """Decode a poll's records together, into columns; bad ones go to the dead-letter topic.
 
         Each field is read for the whole poll with one `map` (a loop over the messages reading
-        them one by one cost ~1.5 us per event)."""
+        them one by one cost ~1-2 us per event)."""
         msgs = self._live(msgs)
         if not msgs:
             return
