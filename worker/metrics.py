@@ -91,6 +91,8 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        for result in ("hit", "miss", "new"):  # every series from the start, at 0: a round of hits counts only hits
+            self.cache_lookups.labels(result)
         self.cache_keys = Gauge(p + "cache_keys", "Keys resident in the state cache", registry=r)
         self.cache_bytes = Gauge(p + "cache_bytes", "Bytes of state resident in the state cache", registry=r)
         self.model_mismatch = Counter(
