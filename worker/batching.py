@@ -38,18 +38,10 @@ class Events:
     def select(self, index: np.ndarray) -> Events:
         """The events at these positions, in this order."""
         ids = self.ids
-        return Events(
-            [ids[i] for i in index.tolist()],
-            self.partition[index],
-            self.offset[index],
-            self.ts[index],
-            self.reset[index],
-            self.end[index],
-            self.x[index],
-        )
+        return Events([ids[i] for i in index.tolist()], *(getattr(self, name)[index] for name in _ARRAYS))
 
 
-_ARRAYS = ("partition", "offset", "ts", "reset", "end", "x")
+_ARRAYS = ("partition", "offset", "ts", "reset", "end", "x")  # Events' columns after `ids`, in order
 
 
 @dataclass(slots=True)
@@ -97,8 +89,10 @@ CALL_COST, STEP_COST = 64.0, 16.0
 
 
 def round_steps(pending: np.ndarray | list[int], max_steps: int) -> int:
-    """Steps per key of a round: padded steps cost as much as real ones, so take the count
-    that gets the most events per unit of model time, not always the longest queue."""
+    """Steps per key of a round: the count that gets the most events per unit of model time,
+    not always the longest queue. The cost counts padded steps as real ones, which holds for
+    the TensorFlow backends; the NumPy step skips them (rounds list keys longest first), so
+    for it this overstates what longer rounds cost."""
     lengths = np.minimum(np.asarray(pending), max_steps)
     longest = int(lengths.max())
     if longest == 1:

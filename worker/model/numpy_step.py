@@ -207,9 +207,9 @@ def _prefix_rows(mask: Array) -> list[int] | None:
     """Per step, how many rows have an event when those are always the first rows (each row's
     events from step 0, rows longest first, as the batcher packs a round); else None. Stepping
     only those rows skips the padding's arithmetic and the masked merge of the states."""
-    batch, steps = mask.shape
+    steps = mask.shape[1]
     lengths = mask.sum(axis=1)
-    if steps == 1 or (batch > 1 and (np.diff(lengths) > 0).any()):
+    if steps == 1 or (np.diff(lengths) > 0).any():
         return None
     if not (mask == (np.arange(steps)[None, :] < lengths[:, None])).all():
         return None
