@@ -1,7 +1,11 @@
 """The benchmark's arithmetic and its baselines: the source blog's four approaches and the
 per-event twin step must all give the full-history outputs (the blog's own assertion)."""
 
+import numpy as np
+
 from worker.bench.kernel import baselines, flops_per_event
+from worker.bench.latency import event_encoder
+from worker.codec import EventDecoder, encode_event
 from worker.model.reference import make_reference_model
 
 
@@ -16,3 +20,13 @@ def test_every_baseline_equals_the_full_history():
     assert all(t.seconds > 0 for t in timings)
     assert "classic" in timings[0].name and "one compiled step" in timings[-1].name
     assert "one NumPy step" in timings[-2].name
+
+
+def test_load_generator_sends_what_encode_event_gives_and_the_worker_decodes():
+    x = np.array([[0.5, -1.25, 3.0, 1e-3], [2.0, 0.0, -0.0, 7.5]], dtype=np.float32)
+    encode, decoder = event_encoder(), EventDecoder(4, 1 << 20)
+    values = [encode(row.tobytes(), 1_795_000_000_000 + i) for i, row in enumerate(x)]
+    assert values == [encode_event(row, ts=1_795_000_000_000 + i) for i, row in enumerate(x)]
+    decoded = decoder.decode(values, lambda indexes: np.zeros(len(indexes), np.int64))
+    assert decoded.ok.all() and decoded.ts.tolist() == [1_795_000_000_000, 1_795_000_000_001]
+    np.testing.assert_array_equal(decoded.x, x)
