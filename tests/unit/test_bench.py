@@ -3,7 +3,7 @@ per-event twin step must all give the full-history outputs (the blog's own asser
 
 import numpy as np
 
-from worker.bench.kernel import baselines, flops_per_event
+from worker.bench.kernel import baselines, flops_per_event, time_near_drain
 from worker.bench.latency import event_encoder
 from worker.codec import EventDecoder, encode_event
 from worker.model.reference import make_reference_model
@@ -20,6 +20,12 @@ def test_every_baseline_equals_the_full_history():
     assert all(t.seconds > 0 for t in timings)
     assert "classic" in timings[0].name and "one compiled step" in timings[-1].name
     assert "one NumPy step" in timings[-2].name
+
+
+def test_near_drain_times_the_drains_mean_round_size_and_the_per_event_step():
+    near = time_near_drain(round_keys=37.6, backend="numpy", min_seconds=0.01, events=5)
+    assert near.round_keys == 38 and near.kernel_per_s > 0
+    assert near.single_step.events == 5 and "one compiled step" in near.single_step.name
 
 
 def test_load_generator_sends_what_encode_event_gives_and_the_worker_decodes():

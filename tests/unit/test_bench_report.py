@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from worker.bench.drain import DrainResult
-from worker.bench.kernel import KernelResult, Timing
+from worker.bench.kernel import KernelResult, NearDrain, Timing
 from worker.bench.latency import LatencyResult
 from worker.bench.report import render
 from worker.bench.results import BenchResults, targets
@@ -96,7 +96,7 @@ def test_every_section_with_its_context_and_ratios():
         text.count("Command: `lstm-worker bench --out B.md`. Date: 2026-01-01 00:00 UTC. Machine: a CPU, 2 cores") == 6
     )
     # the kernel at 64 keys per round: 64 / 2 ms = 32,000 events/s; the drain is 20,000 of it
-    assert "| step kernel (tf) at 64 keys per round | 32,000 events/s |" in text
+    assert "| step kernel (tf) at 64 keys per round (part 1) | 32,000 events/s |" in text
     assert "| drain / kernel at that round size | 0.62 |" in text
     assert "| events predicted / predictions / duplicates | 1,000 / 1,002 / 2 |" in text
     assert "| step | 60.0% (6.0 s) | 60.0% (6.0 s) |" in text
@@ -165,3 +165,17 @@ def test_a_failed_part_is_named_and_the_others_still_reported():
     assert "## 5. State" not in text and "## 3. End-to-end drain" in text
     by_what = {t.what: t for t in targets(r)}
     assert by_what["restore >= 100,000 state records/s"].verdict() == "not measured"
+
+
+def test_the_drain_is_compared_with_its_yardsticks_timed_right_after_it():
+    r = full()
+    r.near_drain = NearDrain(64, 25_000.0, Timing("one compiled step", 200, 0.4))  # slower than parts 1-2 ran
+    by_what = {t.what: t for t in targets(r)}
+    assert by_what["drain >= 50% of the step kernel at the same mean round size"].measured == 0.8  # 20,000 / 25,000
+    assert by_what["drain >= 50x the per-event single-step call"].measured == 40  # 20,000 / 500 events/s
+    assert by_what["drain >= 500x the source's full-history approach"].measured == 2000  # part 2's, as before
+    text = render(r)
+    kernel_row = "| step kernel (tf) at 64 keys per round, timed right after the drain |"
+    assert f"{kernel_row} 25,000 events/s (part 1: 32,000 events/s) |" in text
+    assert "| one compiled step per event, timed right after the drain | 500.0 events/s (part 2: 1,000.0) |" in text
+    assert "| drain / kernel at that round size | 0.80 |" in text

@@ -21,6 +21,8 @@ from worker.model.twin import KERNELS, StreamingTwin
 
 FEATURES, UNITS = 4, (100, 200)
 ROUND_SIZES = (1, 4, 16, 64, 256, 1024, 4096)
+PER_EVENT_NUMPY = "streaming twin, one NumPy step per event (round size 1)"
+PER_EVENT_COMPILED = "streaming twin, one compiled step per event (round size 1)"
 
 
 def flops_per_event(units: tuple[int, ...] = UNITS, features: int = FEATURES) -> int:
@@ -63,12 +65,16 @@ def kernel_sweep(
     rows = []
     for backend in backends:
         twin = StreamingTwin.from_model(model, backend=backend)
-        for size in sizes:
-            x = np.random.default_rng(size).standard_normal((size, 1, FEATURES)).astype(np.float32)
-            mask = np.ones((size, 1), bool)
-            state = np.zeros((size, twin.state_dim), np.float32)
-            rows.append((backend, size, _timed(lambda: twin.step(x, mask, state), min_seconds)))  # noqa: B023
+        rows += [(backend, size, _round_seconds(twin, size, min_seconds)) for size in sizes]
     return rows
+
+
+def _round_seconds(twin: StreamingTwin, size: int, min_seconds: float) -> float:
+    """Seconds per round of one step of `size` keys."""
+    x = np.random.default_rng(size).standard_normal((size, 1, FEATURES)).astype(np.float32)
+    mask = np.ones((size, 1), bool)
+    state = np.zeros((size, twin.state_dim), np.float32)
+    return _timed(lambda: twin.step(x, mask, state), min_seconds)
 
 
 def _explicit_state_model(reference: keras.Model) -> keras.Model:
@@ -134,6 +140,11 @@ def _stepwise(
     return np.array(out)
 
 
+def _events(count: int) -> np.ndarray:
+    """One key's events, the same in every part."""
+    return np.random.default_rng(1).standard_normal((1, count, FEATURES)).astype(np.float32)
+
+
 def _per_event_steps(twin: StreamingTwin, xs: np.ndarray) -> Callable[[], np.ndarray]:
     """One key's events, one twin step each: the cost of serving without rounds across keys."""
     twin.step(xs[:, :1], np.ones((1, 1), bool), twin.zero_state(1))  # traced before timing
@@ -150,7 +161,7 @@ def _per_event_steps(twin: StreamingTwin, xs: np.ndarray) -> Callable[[], np.nda
 
 def baselines(model: keras.Model, events: int = 200) -> list[Timing]:
     """The source's four approaches and a per-event twin step (NumPy, compiled), on one key's `events` events."""
-    xs = np.random.default_rng(1).standard_normal((1, events, FEATURES)).astype(np.float32)
+    xs = _events(events)
     units = [layer.units for layer in model.layers if isinstance(layer, keras.layers.LSTM)]
     expected = np.array([float(model(xs[:, : i + 1])[0, 0]) for i in range(events)])
     timings = []
@@ -193,10 +204,7 @@ def baselines(model: keras.Model, events: int = 200) -> list[Timing]:
         "explicit state, subclassed model, predict per event",
         lambda: _stepwise(lambda inputs: subclassed.predict(inputs, verbose=0), xs, units),
     )
-    for backend, name in (
-        ("numpy", "streaming twin, one NumPy step per event (round size 1)"),
-        ("tf", "streaming twin, one compiled step per event (round size 1)"),
-    ):
+    for backend, name in (("numpy", PER_EVENT_NUMPY), ("tf", PER_EVENT_COMPILED)):
         run(name, _per_event_steps(StreamingTwin.from_model(model, backend=backend), xs))
     return timings
 
@@ -225,3 +233,24 @@ def measure_kernel(min_seconds: float = 1.0, events: int = 200) -> KernelResult:
     sweep = kernel_sweep(model, min_seconds=min_seconds)
     served_by = StreamingTwin.from_model(model).backend  # what `lstm-worker run` resolves "auto" to
     return KernelResult(sweep, baselines(model, events), served_by, flops_per_event())
+
+
+@dataclass(frozen=True)
+class NearDrain:
+    """The drain's two yardsticks timed again right after it: this machine's speed moves from
+    minute to minute, and parts 1-2 ran minutes before the drain (BENCHMARKS.md analysis)."""
+
+    round_keys: int
+    kernel_per_s: float  # the worker's backend, one step of `round_keys` keys
+    single_step: Timing  # the per-event compiled step of part 2 (checked there against the full history)
+
+
+def time_near_drain(round_keys: float, backend: str, min_seconds: float = 1.0, events: int = 200) -> NearDrain:
+    model = make_reference_model(FEATURES, UNITS, seed=0)
+    keys = max(1, round(round_keys))
+    seconds = _round_seconds(StreamingTwin.from_model(model, backend=backend), keys, min_seconds)
+    steps = _per_event_steps(StreamingTwin.from_model(model, backend="tf"), _events(events))
+    started = time.perf_counter()
+    steps()
+    single = Timing(PER_EVENT_COMPILED, events, time.perf_counter() - started)
+    return NearDrain(keys, keys / seconds, single)

@@ -16,7 +16,7 @@ from worker.bench.stats import Target, kernel_rate_at
 from worker.synthetic import Produced
 
 if TYPE_CHECKING:
-    from worker.bench.kernel import KernelResult
+    from worker.bench.kernel import KernelResult, NearDrain, Timing
 
 
 def machine() -> str:
@@ -49,20 +49,36 @@ class BenchResults:
     errors: dict[str, str] = field(default_factory=dict)  # part -> why it failed
     wall_s: float = 0.0
     latency_low: LatencyResult | None = None  # at LOW_LOAD_SHARE: what a worker serves live when it keeps up
+    near_drain: NearDrain | None = None  # the drain's yardsticks timed again right after it
 
     @property
     def kernel_at_drain(self) -> float:
-        """The worker's backend's kernel events/s at the drain's mean round size."""
+        """The worker's backend's kernel events/s at the drain's mean round size: timed right
+        after the drain when it was, else interpolated from part 1's sweep."""
+        if self.near_drain is not None:
+            return self.near_drain.kernel_per_s
+        return self.swept_kernel_at_drain
+
+    @property
+    def swept_kernel_at_drain(self) -> float:
         if self.drain is None:
             return float("nan")
         return kernel_rate_at(self.kernel.sweep, self.kernel.backend, self.drain.round_keys)
+
+    @property
+    def single_step(self) -> Timing:
+        """The per-event compiled step the drain is compared with: timed right after the drain
+        when it was, else part 2's."""
+        if self.near_drain is not None:
+            return self.near_drain.single_step
+        return self.kernel.baseline("one compiled step")
 
 
 def targets(r: BenchResults) -> list[Target]:
     nan = float("nan")
     d, s, lat = r.drain, r.state, r.latency
     drain = d.events_per_s if d else nan
-    classic, single = r.kernel.baseline("classic"), r.kernel.baseline("one compiled step")
+    classic, single = r.kernel.baseline("classic"), r.single_step
     per_million = s.idle_rss + s.bytes_per_key * 1_000_000 if s else nan
     return [
         Target(

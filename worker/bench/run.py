@@ -119,7 +119,12 @@ def kafka_parts(results: BenchResults, options: BenchOptions, kafka: KafkaConfig
         results.drain_input = data.produced
 
         def one() -> None:
+            from worker.bench.kernel import time_near_drain
+
             results.drain = _checked(drain(bench, launcher, data, workers=1))
+            results.near_drain = time_near_drain(
+                results.drain.round_keys, results.kernel.backend, options.min_seconds, options.events
+            )
 
         def two() -> None:
             results.scaling = _checked(drain(bench, launcher, data, workers=2))
