@@ -54,6 +54,6 @@ def test_restore_of_100k_keys_is_exact(kafka, topics):
     for k in rng.choice(KEYS, 1000, replace=False):
         key = f"key-{k}".encode()
         partition = next(p for p, index in store.index.items() if key in index)
-        row = cache.lookup((partition, key))
+        row = cache.lookup_many([(partition, key)])[0]
         assert row is not None and cache.step[row] == 2
         assert cache.states[row].tobytes() == states[k].tobytes()

@@ -44,8 +44,8 @@ def test_insert_stores_state_step_src_ts_per_row():
 def test_lookup_returns_the_row_or_none():
     cache = StateCache(capacity=2, state_dim=DIM)
     row = put(cache, A, 1.0)
-    assert cache.lookup(A) == row
-    assert cache.lookup(B) is None
+    assert cache.lookup_many([A])[0] == row
+    assert cache.lookup_many([B])[0] is None
     assert A in cache
     assert B not in cache
     assert not cache.is_dirty(B)
@@ -73,7 +73,7 @@ def test_reinsert_of_a_resident_key_overwrites_its_row():
 def test_eviction_takes_the_least_recently_used_key():
     cache = StateCache(capacity=3, state_dim=DIM)
     rows = {eid: put(cache, eid, i) for i, eid in enumerate((A, B, C))}
-    assert cache.lookup(A) == rows[A]  # A is now the most recent: B is the oldest
+    assert cache.lookup_many([A])[0] == rows[A]  # A is now the most recent: B is the oldest
     row_d = put(cache, D, 3.0)
     assert row_d == rows[B]
     assert resident(cache) == {A, C, D}
@@ -82,7 +82,7 @@ def test_eviction_takes_the_least_recently_used_key():
     put(cache, A, 5.0)  # reinsert refreshes A
     put(cache, E, 6.0)  # so D goes
     assert resident(cache) == {A, B, E}
-    np.testing.assert_array_equal(cache.states[cache.lookup(A)], vec(5.0))
+    np.testing.assert_array_equal(cache.states[cache.lookup_many([A])[0]], vec(5.0))
 
 
 def test_dirty_rows_are_never_evicted():
@@ -92,7 +92,7 @@ def test_dirty_rows_are_never_evicted():
     put(cache, C, 3.0, dirty=True)
     put(cache, D, 4.0)  # A is the oldest but dirty: B goes
     assert resident(cache) == {A, C, D}
-    np.testing.assert_array_equal(cache.states[cache.lookup(A)], vec(1.0))
+    np.testing.assert_array_equal(cache.states[cache.lookup_many([A])[0]], vec(1.0))
     put(cache, E, 5.0)  # only D is clean
     assert resident(cache) == {A, C, E}
 
@@ -104,7 +104,7 @@ def test_cache_full_of_dirty_rows_refuses_and_changes_nothing():
     with pytest.raises(CacheFullError):
         put(cache, C, 3.0)
     assert resident(cache) == {A, B}
-    assert (cache.lookup(A), cache.lookup(B)) == (row_a, row_b)
+    assert tuple(cache.lookup_many([A, B])) == (row_a, row_b)
     np.testing.assert_array_equal(cache.states[row_a], vec(1.0))
     np.testing.assert_array_equal(cache.states[row_b], vec(2.0))
     assert cache.room() == 0

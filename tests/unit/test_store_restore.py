@@ -63,7 +63,7 @@ def cached(store: StateStore) -> dict:
     out = {}
     for p, index in store.index.items():
         for key in index:
-            row = cache.lookup((p, key))
+            row = cache.lookup_many([(p, key)])[0]
             if row is not None:
                 out[(p, key)] = (cache.states[row].tobytes(), int(cache.step[row]), int(cache.src[row]))
     return out

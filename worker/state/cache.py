@@ -52,15 +52,9 @@ class StateCache:
         written counts twice: a safe underestimate)."""
         return self.capacity - len(self.dirty) - len(self.writing)
 
-    def lookup(self, eid: EntityId) -> int | None:
-        """The row of a resident key, marked most recently used."""
-        row = self._rows.get(eid)
-        if row is not None:
-            self._rows.move_to_end(eid)
-        return row
-
     def lookup_many(self, eids: list[EntityId]) -> list[int | None]:
-        """`lookup` for a round's keys: the dict calls run in C over the whole list."""
+        """The rows of these keys (None: not resident), each resident one marked most recently
+        used in this order: a round's lookups, the dict calls run in C over the whole list."""
         rows = list(map(self._rows.get, eids))
         touch = self._rows.move_to_end
         if None in rows:
