@@ -54,7 +54,7 @@ demo: venv ## broker, model, two workers, 50k events with a live progress line, 
 # `make bench`: its own broker (stopped after, unless it was running) on BENCH_KAFKA_PORT; BENCH_ARGS for
 # reduced sizes, e.g. BENCH_ARGS="--drain-events 100000 --state-keys 100000 --latency-seconds 20"
 BENCH_KAFKA_PORT ?= 9192
-bench: venv ## the benchmark issue's six parts on a local broker into BENCHMARKS.md and bench/*.png (~13 min)
+bench: venv ## the benchmark issue's six parts on a local broker into BENCHMARKS.md and bench/*.png (~15 min)
 	@deploy/kafka/fetch.sh >/dev/null
 	@port=$(BENCH_KAFKA_PORT); pid=".cache/kafka-$$port/pid"; started=yes; \
 	if [[ -f $$pid ]] && kill -0 "$$(cat $$pid)" 2>/dev/null; then started=no; fi; \

@@ -207,6 +207,14 @@ def _add_bench(sub: Any) -> None:
     _option(p, "--latency-seconds", float, 60.0, help="seconds of each latency run (1/2, then 1/4 of the drain rate)")
     _option(p, "--state-keys", int, 1_000_000, help="state records restored, and keys held, in the state part")
     _option(p, "--cold-cache-keys", int, 10_000, help="--cache-keys of the worker measuring cold misses")
+    _option(
+        p,
+        "--broker-warmup-seconds",
+        float,
+        80.0,
+        help="live load on a throwaway topic before the drain, not counted: a fresh broker's JVM compiles "
+        "its hot paths under its first minutes of load (0: none)",
+    )
     _option(p, "--workdir", default=".cache/bench", help="the reference model and the workers' logs")
     p.add_argument("--skip-kafka", action="store_true", help="parts 1-2 only (no broker needed)")
 

@@ -144,6 +144,7 @@ def test_bench_command_line_defaults_are_the_issue_sizes():
     args = build_parser().parse_args(["bench"])
     assert (args.drain_events, args.drain_keys, args.partitions) == (1_000_000, 10_000, 12)
     assert (args.latency_seconds, args.state_keys, args.skip_kafka) == (60.0, 1_000_000, False)
+    assert args.broker_warmup_seconds == 80.0
     args = build_parser().parse_args(["bench", "--skip-kafka", "--drain-events", "20000", "--state-keys", "5000"])
     assert args.skip_kafka and args.drain_events == 20000 and args.state_keys == 5000
 
@@ -154,6 +155,8 @@ def test_options_render_the_command_that_reproduces_them():
     command = options.command("127.0.0.1:9092")
     assert "--bootstrap-servers 127.0.0.1:9092 --drain-events 20000 --drain-keys 10000 --partitions 4" in command
     assert "--latency-seconds 5 --state-keys 1000000" in command
+    assert command.endswith("--cold-cache-keys 10000 --broker-warmup-seconds 80")
+    assert BenchOptions(broker_warmup_seconds=0).command("b:9092").endswith("--broker-warmup-seconds 0")
 
 
 def test_a_failed_part_is_named_and_the_others_still_reported():
@@ -179,3 +182,20 @@ def test_the_drain_is_compared_with_its_yardsticks_timed_right_after_it():
     assert f"{kernel_row} 25,000 events/s (part 1: 32,000 events/s) |" in text
     assert "| one compiled step per event, timed right after the drain | 500.0 events/s (part 2: 1,000.0) |" in text
     assert "| drain / kernel at that round size | 0.80 |" in text
+
+
+def test_the_broker_warm_up_is_reported_apart_with_its_own_figures():
+    r = full()
+    text = render(r)
+    assert "The broker was not warmed up before this part (`--broker-warmup-seconds 0`)." in text
+    assert "on the broker warmed up" not in text
+    # 12,000 events/s for 80 s, latencies 10..1,000 ms: none of it in the parts' figures
+    r.broker_warmup = LatencyResult(12_000.0, 80.0, 960_000, 960_000, 960_000, np.arange(10.0, 1001.0, 10.0))
+    text = render(r)
+    assert (
+        "a worker served\n12,000 events/s for 80 s on a throwaway topic (latency meanwhile p50\n505 ms, p99 990 ms)"
+        in text
+    )
+    assert "default `--max-delay-ms`, on the broker warmed up before part 3." in text
+    assert "| p99 (ms) | 99.0 | 49.5 |" in text  # part 4's own runs, unchanged
+    assert {t.what: t for t in targets(r)}["p99 latency <= 50 ms at 50% load"].measured == r.latency.quantiles[99.0]

@@ -86,6 +86,7 @@ def drain_section(r: BenchResults) -> list[str]:
         "prediction's log-append time; round sizes from `lstm_worker_round_keys`, time shares from",
         "`lstm_worker_busy_seconds_total` between the worker's readiness and its last prediction.",
         "",
+        *_broker_warmup_lines(r.broker_warmup),
     ]
     lines += table(["measure", "value"], [*_drain_rows(d), *_yardstick_rows(r), _ratio_row(d, kernel)], (1,))
     lines += ["", "Share of the worker loop's time per phase:", ""]
@@ -103,6 +104,21 @@ def _drain_rows(d: DrainResult) -> list[tuple[str, str]]:
         ("rounds; mean keys per round; mean steps per round", f"{d.rounds:,}; {d.round_keys:.1f}; {d.round_steps:.1f}"),
         ("worker CPU (cores, ready to done)", f"{d.cpu_cores:.2f}"),
         ("whole machine CPU meanwhile (cores: broker, benchmark, others)", f"{d.machine_cores:.2f}"),
+    ]
+
+
+def _broker_warmup_lines(w: LatencyResult | None) -> list[str]:
+    """What ran before part 3 and why, with its own figures: not counted in any part."""
+    if w is None:
+        return ["The broker was not warmed up before this part (`--broker-warmup-seconds 0`).", ""]
+    q = w.quantiles
+    return [
+        "Before this part the broker was warmed up, not counted: a worker served",
+        f"{w.achieved_per_s:,.0f} events/s for {w.seconds:.0f} s on a throwaway topic (latency meanwhile p50",
+        f"{q[50.0]:,.0f} ms, p99 {q[99.0]:,.0f} ms). A broker just started compiles Kafka's hot paths under",
+        "its first minutes of load, on the cores the worker needs; a broker in service did that long ago",
+        "(analysis below).",
+        "",
     ]
 
 
@@ -151,8 +167,9 @@ def latency_section(r: BenchResults) -> list[str]:
         "",
         f"A producer at {lat.target_per_s:,.0f} events/s (50% of the drain rate above) for {lat.seconds:.0f} s into a",
         "fresh topic, then again at 25% into another, each with a fresh worker ready before the first",
-        "event, default `--max-delay-ms`. Latency = the prediction's log-append time - the event's `ts`",
-        f"(set when handed to the producer, `linger.ms` {PRODUCER_LINGER_MS}). The events of the first",
+        f"event, default `--max-delay-ms`{', on the broker warmed up before part 3' if r.broker_warmup else ''}.",
+        "Latency = the prediction's log-append time - the event's `ts` (set when handed to the producer,",
+        f"`linger.ms` {PRODUCER_LINGER_MS}). The events of the first",
         f"{lat.warmup_s:g} s warm the worker up: they are shown apart and not counted in the quantiles.",
         "",
     ]

@@ -50,6 +50,7 @@ class BenchResults:
     wall_s: float = 0.0
     latency_low: LatencyResult | None = None  # at LOW_LOAD_SHARE: what a worker serves live when it keeps up
     near_drain: NearDrain | None = None  # the drain's yardsticks timed again right after it
+    broker_warmup: LatencyResult | None = None  # live load before part 3, not counted
 
     @property
     def kernel_at_drain(self) -> float:

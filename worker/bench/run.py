@@ -1,5 +1,6 @@
-"""One benchmark run, in order: kernel and baselines (no Kafka, quiet machine), drain by one worker,
-by two, latency at half and at a quarter of the drain rate, state; then the plots and BENCHMARKS.md.
+"""One benchmark run, in order: kernel and baselines (no Kafka, quiet machine), the broker warmed up
+(not counted), drain by one worker, by two, latency at half and at a quarter of the drain rate,
+state; then the plots and BENCHMARKS.md.
 
 Every topic the run makes is deleted at its end; worker logs stay under `<workdir>/logs/<run>/`.
 """
@@ -25,6 +26,12 @@ from worker.config import KafkaConfig
 log = logging.getLogger(__name__)
 LOAD_SHARE = 0.5  # of the one-worker drain rate, for the latency part
 LOW_LOAD_SHARE = 0.25  # and again at a quarter: the load generator shares the cores, a live event costs more
+# Live load on a throwaway topic before part 3, not counted. A broker just started compiles Kafka's
+# hot paths under its first minutes of load: its JIT compiler thread took 0.3-0.5 cores of these
+# two, and live p99 at 18,000 events/s fell from 6.8 s and 2.0 s in the first two 40-s runs on a
+# fresh broker to 130-150 ms in the next two (throwaway runs, BENCHMARKS.md analysis). A broker in
+# service compiled them long ago; the parts measure the worker, not the JVM's warm-up.
+BROKER_WARMUP_PER_S = 12_000
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,7 @@ class BenchOptions:
     latency_seconds: float = 60.0
     state_keys: int = 1_000_000
     cold_cache_keys: int = 10_000
+    broker_warmup_seconds: float = 80.0
     skip_kafka: bool = False
     workdir: str = ".cache/bench"
 
@@ -60,6 +68,7 @@ class BenchOptions:
                 f"--latency-seconds {self.latency_seconds:g}",
                 f"--state-keys {self.state_keys}",
                 f"--cold-cache-keys {self.cold_cache_keys}",
+                f"--broker-warmup-seconds {self.broker_warmup_seconds:g}",
             ]
         )
 
@@ -94,6 +103,19 @@ def reference_model(workdir: Path) -> tuple[Path, str, list[int]]:
     return path, fingerprint(model), StreamingTwin.from_model(model).state_sizes
 
 
+def _warm_up_broker(results: BenchResults, options: BenchOptions, bench: BenchKafka, launcher: Launcher) -> None:
+    results.broker_warmup = latency(
+        bench,
+        launcher,
+        BROKER_WARMUP_PER_S,
+        options.broker_warmup_seconds,
+        options.drain_keys,
+        options.partitions,
+        warmup_s=0.0,
+        name="broker-warmup",
+    )
+
+
 def kafka_parts(results: BenchResults, options: BenchOptions, kafka: KafkaConfig) -> None:
     """Parts 3-6 against the broker of `kafka`, into `results`. A part that fails is recorded in
     `results.errors` and the next ones still run (each but the latency part stands alone)."""
@@ -114,6 +136,13 @@ def kafka_parts(results: BenchResults, options: BenchOptions, kafka: KafkaConfig
             launcher.stop_all()
 
     try:
+        if options.broker_warmup_seconds > 0:
+            log.info(
+                "bench: warming the broker up, %.0f events/s for %.0f s",
+                BROKER_WARMUP_PER_S,
+                options.broker_warmup_seconds,
+            )
+            part("broker warm-up", lambda: _warm_up_broker(results, options, bench, launcher))
         log.info("bench: part 3, pre-loading %d events over %d keys", options.drain_events, options.drain_keys)
         data = preload(bench, options.drain_events, options.drain_keys, options.partitions)
         results.drain_input = data.produced
