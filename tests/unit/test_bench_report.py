@@ -187,7 +187,7 @@ def test_the_drain_is_compared_with_its_yardsticks_timed_right_after_it():
 def test_the_broker_warm_up_is_reported_apart_with_its_own_figures():
     r = full()
     text = render(r)
-    assert "The broker was not warmed up before this part (`--broker-warmup-seconds 0`)." in text
+    assert "The broker was not warmed up before this part: its first minutes of load count here." in text
     assert "on the broker warmed up" not in text
     # 12,000 events/s for 80 s, latencies 10..1,000 ms: none of it in the parts' figures
     r.broker_warmup = LatencyResult(12_000.0, 80.0, 960_000, 960_000, 960_000, np.arange(10.0, 1001.0, 10.0))

@@ -110,7 +110,7 @@ def _drain_rows(d: DrainResult) -> list[tuple[str, str]]:
 def _broker_warmup_lines(w: LatencyResult | None) -> list[str]:
     """What ran before part 3 and why, with its own figures: not counted in any part."""
     if w is None:
-        return ["The broker was not warmed up before this part (`--broker-warmup-seconds 0`).", ""]
+        return ["The broker was not warmed up before this part: its first minutes of load count here.", ""]
     q = w.quantiles
     return [
         "Before this part the broker was warmed up, not counted: a worker served",
