@@ -3,6 +3,7 @@ a paced load and restore a state topic, and the report is written from what they
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
@@ -45,9 +46,10 @@ def test_drain_latency_and_state_measure_real_workers(broker: str, tmp_path: Pat
     assert one.events_per_s > 0 and one.seconds > 0 and one.rounds > 0
     assert 1 <= one.round_keys <= 256 and one.round_steps >= 1
     assert one.cpu_cores > 0 and one.busy_s["step"] > 0 and one.busy_s["poll"] > 0
+    assert 0 < one.machine_cores <= (os.cpu_count() or 1) and 0 <= one.steal_cores <= (os.cpu_count() or 1)
 
     assert lat.sent > 5_000 and lat.distinct == lat.sent == lat.predictions
-    assert 1000 < lat.achieved_per_s < 2200 and lat.served_per_s > 0
+    assert 1000 < lat.achieved_per_s < 2200 and lat.served_per_s > 0 and 0 <= lat.steal_share < 1
     assert lat.latency_ms.size + lat.warmup_latency_ms.size == lat.sent
     assert lat.latency_ms.size > 0.7 * lat.sent and lat.latency_ms.min() >= 0
     assert 0 < lat.quantiles[50.0] <= lat.quantiles[99.0] <= lat.quantiles[99.9]

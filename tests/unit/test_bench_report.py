@@ -38,6 +38,7 @@ def drain_result(workers: int, rate: float) -> DrainResult:
         round_steps=1.5,
         cpu_cores=0.9,
         machine_cores=1.6,
+        steal_cores=0.2,
         busy_s=dict(BUSY),
         per_worker=[1000 // workers] * workers,
     )
@@ -59,7 +60,7 @@ def results(**parts: object) -> BenchResults:
 
 
 def full() -> BenchResults:
-    latency = LatencyResult(8000.0, 5.0, 40_000, 40_000, 40_000, np.arange(1.0, 101.0))
+    latency = LatencyResult(8000.0, 5.0, 40_000, 40_000, 40_000, np.arange(1.0, 101.0), steal_share=0.05)
     state = StateResult(
         keys=1000,
         partitions=4,
@@ -102,6 +103,9 @@ def test_every_section_with_its_context_and_ratios():
     assert "| step | 60.0% (6.0 s) | 60.0% (6.0 s) |" in text
     assert "| measure | 50% load | 25% load |" in text
     assert "| p99 (ms) | 99.0 | 49.5 |" in text
+    assert "| the hypervisor's steal meanwhile (cores the VM did not get) | 0.20 |" in text
+    assert "| the hypervisor's steal (cores) | 0.20 | 0.20 |" in text
+    assert "| the hypervisor's steal while producing (share of CPU time) | 5.0% | nan% |" in text
     assert "| RSS per resident key (bytes) | 3,000 |" in text
     assert "| cold misses served per second | 495 |" in text
     assert "Two workers / one: **1.50x**." in text

@@ -55,8 +55,17 @@ def test_parse_cpu_ticks_with_a_process_name_holding_spaces():
 
 
 def test_parse_machine_ticks():
-    busy, total = parse_machine_ticks("cpu  100 5 50 800 45 0 0 0 0 0\ncpu0 1 2 3 4\n")
-    assert (busy, total) == (155, 1000)
+    ticks = parse_machine_ticks("cpu  100 5 50 800 45 0 0 0 0 0\ncpu0 1 2 3 4\n")
+    assert (ticks.busy, ticks.steal, ticks.total) == (155, 0, 1000)
+
+
+def test_steal_is_neither_the_machines_work_nor_idle_and_guest_time_counts_once():
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    ticks = parse_machine_ticks("cpu  100 5 50 800 45 10 5 40 30 0\n")
+    assert (ticks.busy, ticks.steal, ticks.total) == (170, 40, 1055)  # guest 30 is inside user already
+    later = parse_machine_ticks("cpu  300 5 50 1000 45 10 5 140 30 0\n")
+    busy, steal = later.shares_since(ticks)
+    assert (busy, steal) == (200 / 500, 100 / 500)
 
 
 def test_this_process_can_be_read():

@@ -48,6 +48,7 @@ class DrainResult:
     round_steps: float  # mean of the longest key slice per round
     cpu_cores: float  # the workers' CPU seconds per wall second, summed
     machine_cores: float  # every process on the machine (broker, benchmark, others)
+    steal_cores: float = float("nan")  # the hypervisor's steal meanwhile, in cores the VM did not get
     busy_s: dict[str, float] = field(default_factory=dict)  # loop seconds per phase, summed
     per_worker: list[int] = field(default_factory=list)  # predictions of each worker
 
@@ -105,7 +106,7 @@ def drain(bench: BenchKafka, launcher: Launcher, data: DrainInput, workers: int 
             busy[phase] = busy.get(phase, 0.0) + seconds
     rounds = int(_sum(final, "lstm_worker_round_keys_count"))
     cpu = sum((final[i].cpu_s - ready[i].cpu_s) / max(final[i].at - ready[i].at, 1e-9) for i in range(workers))
-    ticks = max(cpu2[1] - cpu1[1], 1)
+    machine_share, steal_share = cpu2.shares_since(cpu1)
     result = DrainResult(
         workers=workers,
         events=data.events,
@@ -121,7 +122,8 @@ def drain(bench: BenchKafka, launcher: Launcher, data: DrainInput, workers: int 
         round_keys=_sum(final, "lstm_worker_round_keys_sum") / max(rounds, 1),
         round_steps=_sum(final, "lstm_worker_round_steps_sum") / max(rounds, 1),
         cpu_cores=cpu,
-        machine_cores=(cpu2[0] - cpu1[0]) / ticks * (os.cpu_count() or 1),
+        machine_cores=machine_share * (os.cpu_count() or 1),
+        steal_cores=steal_share * (os.cpu_count() or 1),
         busy_s=busy,
         per_worker=[r.predicted for r in final],
     )

@@ -20,6 +20,7 @@ import numpy as np
 
 from worker.bench.kafka_io import BenchKafka, FastProducer, partition_of
 from worker.bench.process import Launcher, wait_predicted
+from worker.bench.scrape import machine_ticks
 from worker.bench.stats import events_per_s, percentiles
 from worker.synthetic import key_name
 
@@ -42,6 +43,7 @@ class LatencyResult:
     warmup_s: float = 0.0
     warmup_latency_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
     served_per_s: float = float("nan")  # predictions, first to last: below the offered rate when behind
+    steal_share: float = float("nan")  # of the machine's CPU time while producing, taken by the hypervisor
 
     @property
     def achieved_per_s(self) -> float:
@@ -116,7 +118,9 @@ def latency(
         worker.wait_ready(180)
         producer = FastProducer(bench.kafka, **{"linger.ms": PRODUCER_LINGER_MS})
         first_ms = int(time.time() * 1000)
+        before = machine_ticks()
         sent, produced_s = paced_send(producer, topic, keys, partitions, rate, warmup_s + seconds)
+        _, steal = machine_ticks().shares_since(before)
         wait_predicted([worker], sent, stall_s=60)
     finally:
         launcher.stop(worker)
@@ -133,6 +137,7 @@ def latency(
         warmup_s,
         all_ms[warm],
         events_per_s(predictions.distinct, predictions.first_ms, predictions.last_ms),
+        steal,
     )
     q = result.quantiles
     log.info(

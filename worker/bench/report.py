@@ -104,6 +104,7 @@ def _drain_rows(d: DrainResult) -> list[tuple[str, str]]:
         ("rounds; mean keys per round; mean steps per round", f"{d.rounds:,}; {d.round_keys:.1f}; {d.round_steps:.1f}"),
         ("worker CPU (cores, ready to done)", f"{d.cpu_cores:.2f}"),
         ("whole machine CPU meanwhile (cores: broker, benchmark, others)", f"{d.machine_cores:.2f}"),
+        ("the hypervisor's steal meanwhile (cores the VM did not get)", f"{d.steal_cores:.2f}"),
     ]
 
 
@@ -183,6 +184,7 @@ def latency_section(r: BenchResults) -> list[str]:
     rows = [
         row("achieved rate (events/s)", lambda run: f"{run.achieved_per_s:,.0f}"),
         row("worker's rate, first to last prediction (events/s)", lambda run: f"{run.served_per_s:,.0f}"),
+        row("the hypervisor's steal while producing (share of CPU time)", lambda run: f"{run.steal_share:.1%}"),
         row("events / predicted (warm-up included)", lambda run: f"{run.sent:,} / {run.distinct:,}"),
         row("events counted (after the warm-up)", lambda run: f"{run.latency_ms.size:,}"),
         row("p50 (ms)", quantile(50.0)),
@@ -251,6 +253,7 @@ def scaling_section(r: BenchResults) -> list[str]:
         ("mean keys per round", f"{one.round_keys:.1f}", f"{two.round_keys:.1f}"),
         ("workers' CPU (cores)", f"{one.cpu_cores:.2f}", f"{two.cpu_cores:.2f}"),
         ("whole machine CPU (cores)", f"{one.machine_cores:.2f}", f"{two.machine_cores:.2f}"),
+        ("the hypervisor's steal (cores)", f"{one.steal_cores:.2f}", f"{two.steal_cores:.2f}"),
     ]
     lines += table(["measure", "one worker", "two workers"], rows, (1, 2))
     return [*lines, "", f"Two workers / one: **{two.events_per_s / one.events_per_s:.2f}x**."]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -55,11 +56,27 @@ def parse_cpu_ticks(stat: str) -> int:
     return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5), counted after the name
 
 
-def parse_machine_ticks(stat: str) -> tuple[int, int]:
-    """(busy, total) clock ticks of all CPUs from the text of /proc/stat."""
-    values = [int(v) for v in stat.splitlines()[0].split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
-    return sum(values) - idle, sum(values)
+@dataclass(frozen=True)
+class MachineTicks:
+    """Clock ticks of all CPUs since boot. On a shared VM the hypervisor's steal is neither the
+    machine's own work nor idle time: a vCPU ready to run while another guest ran."""
+
+    busy: int  # user, nice, system, irq, softirq (guest time is counted inside user and nice)
+    steal: int
+    total: int  # the above, idle and iowait
+
+    def shares_since(self, earlier: MachineTicks) -> tuple[float, float]:
+        """(busy, steal) since `earlier`, each as a share of all CPUs' time."""
+        ticks = max(self.total - earlier.total, 1)
+        return (self.busy - earlier.busy) / ticks, (self.steal - earlier.steal) / ticks
+
+
+def parse_machine_ticks(stat: str) -> MachineTicks:
+    """The machine's ticks from the text of /proc/stat (its first line, all CPUs)."""
+    values = [int(v) for v in stat.splitlines()[0].split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = values + [0] * (8 - len(values))
+    busy = user + nice + system + irq + softirq
+    return MachineTicks(busy, steal, busy + steal + idle + iowait)
 
 
 def rss_bytes(pid: int) -> int:
@@ -72,6 +89,6 @@ def cpu_seconds(pid: int) -> float:
         return parse_cpu_ticks(stat.read()) / os.sysconf("SC_CLK_TCK")
 
 
-def machine_ticks() -> tuple[int, int]:
+def machine_ticks() -> MachineTicks:
     with open("/proc/stat") as stat:
         return parse_machine_ticks(stat.read())
