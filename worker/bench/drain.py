@@ -48,7 +48,7 @@ class DrainResult:
     round_steps: float  # mean of the longest key slice per round
     cpu_cores: float  # the workers' CPU seconds per wall second, summed
     machine_cores: float  # every process on the machine (broker, benchmark, others)
-    steal_cores: float = float("nan")  # the hypervisor's steal meanwhile, in cores the VM did not get
+    steal_cores: float  # the hypervisor's steal meanwhile, in cores the VM did not get
     busy_s: dict[str, float] = field(default_factory=dict)  # loop seconds per phase, summed
     per_worker: list[int] = field(default_factory=list)  # predictions of each worker
 

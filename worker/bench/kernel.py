@@ -45,6 +45,14 @@ class Timing:
         return self.events / self.seconds
 
 
+def _timed_once(name: str, events: int, approach: Callable[[], np.ndarray]) -> tuple[Timing, np.ndarray]:
+    """One pass of an approach over one key's `events` events, as the source timed it: its
+    outputs and how long the pass took."""
+    started = time.perf_counter()
+    got = approach()
+    return Timing(name, events, time.perf_counter() - started), got
+
+
 def _timed(fn: Callable[[], object], min_seconds: float) -> float:
     """Seconds per call, repeated until `min_seconds` have passed (after a warm-up call)."""
     fn()
@@ -167,13 +175,11 @@ def baselines(model: keras.Model, events: int = 200) -> list[Timing]:
     timings = []
 
     def run(name: str, approach: Callable[[], np.ndarray]) -> None:
-        started = time.perf_counter()
-        got = approach()
-        seconds = time.perf_counter() - started
+        timing, got = _timed_once(name, events, approach)
         diff = float(np.max(np.abs(got - expected)))
         if diff > 1e-5:
             raise AssertionError(f"{name} differs from the full history by {diff}")
-        timings.append(Timing(name, events, seconds))
+        timings.append(timing)
 
     run(
         "full history, predict per event (the blog's classic)",
@@ -250,7 +256,5 @@ def time_near_drain(round_keys: float, backend: str, min_seconds: float = 1.0, e
     keys = max(1, round(round_keys))
     seconds = _round_seconds(StreamingTwin.from_model(model, backend=backend), keys, min_seconds)
     steps = _per_event_steps(StreamingTwin.from_model(model, backend="tf"), _events(events))
-    started = time.perf_counter()
-    steps()
-    single = Timing(PER_EVENT_COMPILED, events, time.perf_counter() - started)
+    single, _ = _timed_once(PER_EVENT_COMPILED, events, steps)
     return NearDrain(keys, keys / seconds, single)

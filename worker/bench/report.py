@@ -124,11 +124,11 @@ def _broker_warmup_lines(w: LatencyResult | None) -> list[str]:
 
 
 def _yardstick_rows(r: BenchResults) -> list[tuple[str, str]]:
-    keys = f"{r.drain.round_keys if r.drain else 0:.0f}"
     swept = f"{r.swept_kernel_at_drain:,.0f} events/s"
     near = r.near_drain
     if near is None:
-        return [(f"step kernel ({r.kernel.backend}) at {keys} keys per round (part 1)", swept)]
+        keys = r.drain.round_keys if r.drain else 0
+        return [(f"step kernel ({r.kernel.backend}) at {keys:.0f} keys per round (part 1)", swept)]
     part2 = r.kernel.baseline("one compiled step").events_per_s
     return [
         (
