@@ -51,17 +51,19 @@ test: venv tools lint ## everything CI runs: lint, unit and integration tests ag
 demo: venv ## broker, model, two workers, 50k events with a live progress line, verification, PNG plot
 	deploy/demo.sh
 
-# `make bench`: its own broker (stopped after, unless it was running) on BENCH_KAFKA_PORT; BENCH_ARGS for
-# reduced sizes, e.g. BENCH_ARGS="--drain-events 100000 --state-keys 100000 --latency-seconds 20"
+# `make bench`: its own broker (stopped after, unless it was running) on BENCH_KAFKA_PORT, at nice BENCH_NICE
+# like the load generator, below the worker under test; BENCH_ARGS for reduced sizes, e.g.
+# BENCH_ARGS="--drain-events 100000 --state-keys 100000 --latency-seconds 20"
 BENCH_KAFKA_PORT ?= 9192
+BENCH_NICE ?= 10
 bench: venv ## the benchmark issue's six parts on a local broker into BENCHMARKS.md and bench/*.png (~15 min)
 	@deploy/kafka/fetch.sh >/dev/null
 	@port=$(BENCH_KAFKA_PORT); pid=".cache/kafka-$$port/pid"; started=yes; \
 	if [[ -f $$pid ]] && kill -0 "$$(cat $$pid)" 2>/dev/null; then started=no; fi; \
-	bootstrap="$$(KAFKA_PORT=$$port deploy/kafka/start.sh)" || exit 1; \
+	bootstrap="$$(KAFKA_PORT=$$port KAFKA_NICE=$(BENCH_NICE) deploy/kafka/start.sh)" || exit 1; \
 	echo "== broker: $$bootstrap"; \
 	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -W ignore -m worker bench --out BENCHMARKS.md \
-	  --bootstrap-servers "$$bootstrap" $(BENCH_ARGS); rc=$$?; \
+	  --bootstrap-servers "$$bootstrap" --broker-pid "$$(cat $$pid)" --load-nice $(BENCH_NICE) $(BENCH_ARGS); rc=$$?; \
 	if [[ $$started == yes ]]; then KAFKA_PORT=$$port deploy/kafka/stop.sh >/dev/null; fi; \
 	exit $$rc
 

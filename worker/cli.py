@@ -215,6 +215,21 @@ def _add_bench(sub: Any) -> None:
         help="live load on a throwaway topic before the drain, not counted: a fresh broker's JVM compiles "
         "its hot paths under its first minutes of load (0: none)",
     )
+    _option(
+        p,
+        "--load-nice",
+        int,
+        10,
+        help="nice value (0-19) of the latency parts' load generator, which stands for producers on other "
+        "machines: the worker under test gets the cores first",
+    )
+    _option(
+        p,
+        "--broker-pid",
+        int,
+        help="pid of a local broker, whose nice value the report states (`make bench` starts its broker at "
+        "nice BENCH_NICE, 10)",
+    )
     _option(p, "--workdir", default=".cache/bench", help="the reference model and the workers' logs")
     p.add_argument("--skip-kafka", action="store_true", help="parts 1-2 only (no broker needed)")
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start a single-node KRaft Kafka (broker+controller) on loopback, in the background.
 # Env: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (KAFKA_PORT+1), KAFKA_DIR (data, log, pid;
-# default .cache/kafka-$KAFKA_PORT under the repo), KAFKA_HEAP (512m).
+# default .cache/kafka-$KAFKA_PORT under the repo), KAFKA_HEAP (512m), KAFKA_NICE (0: the broker's
+# CPU priority; `make bench` runs its broker at 10, below the worker under test).
 # KAFKA_SECURITY=sasl (default plaintext): clients connect with SASL_PLAINTEXT (PLAIN or
 # SCRAM-SHA-512) and ACLs are enforced; with KAFKA_SSL_PORT also with SASL_SSL on that port.
 # Users, passwords and the TLS certificate: see deploy/kafka/sasl.sh.
@@ -76,7 +77,7 @@ if [[ ! -f "$dir/data/meta.properties" ]]; then
       -t "$cluster_id" -c "$dir/server.properties" "${format_args[@]}" >"$dir/format.log" 2>&1 \
     || { echo "start.sh: formatting KRaft storage failed, see $dir/format.log" >&2; cat "$dir/format.log" >&2; exit 1; }
 fi
-nohup java "${java_opts[@]}" -cp "$libs/*" kafka.Kafka "$dir/server.properties" \
+nohup nice -n "${KAFKA_NICE:-0}" java "${java_opts[@]}" -cp "$libs/*" kafka.Kafka "$dir/server.properties" \
   >"$dir/stdout.log" 2>&1 </dev/null &
 echo $! >"$dir/pid"
 

@@ -29,13 +29,16 @@ def test_drain_latency_and_state_measure_real_workers(broker: str, tmp_path: Pat
     model, fingerprint, sizes = reference_model(tmp_path)
     assert sizes == [100, 100, 200, 200]
     bench = BenchKafka(KafkaConfig(broker), uuid.uuid4().hex[:8])
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
     launcher = Launcher(bench.kafka, model, tmp_path)
     try:
         data = preload(bench, EVENTS, KEYS, PARTITIONS)
         with pytest.raises(BenchError, match="created before in this run"):  # no part reads another's records
             bench.create(data.topic, PARTITIONS)
         one = drain(bench, launcher, data, workers=1)
-        lat = latency(bench, launcher, rate=2000, seconds=4, keys=KEYS, partitions=PARTITIONS, warmup_s=1)
+        lat = latency(
+            bench, launcher, rate=2000, seconds=4, keys=KEYS, partitions=PARTITIONS, warmup_s=1, generator_nice=5
+        )
         st = state(bench, launcher, STATE_KEYS, PARTITIONS, sizes, fingerprint, cold_cache_keys=500, cold_events=1000)
     finally:
         launcher.stop_all()
@@ -53,6 +56,7 @@ def test_drain_latency_and_state_measure_real_workers(broker: str, tmp_path: Pat
     assert lat.latency_ms.size + lat.warmup_latency_ms.size == lat.sent
     assert lat.latency_ms.size > 0.7 * lat.sent and lat.latency_ms.min() >= 0
     assert 0 < lat.quantiles[50.0] <= lat.quantiles[99.0] <= lat.quantiles[99.9]
+    assert lat.generator_nice == max(5, nice) and os.getpriority(os.PRIO_PROCESS, 0) == nice  # workers keep theirs
 
     assert st.written.records == STATE_KEYS
     assert st.restore_records == STATE_KEYS and st.restore_seconds > 0 and st.restore_per_s > 0

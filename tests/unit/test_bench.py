@@ -1,10 +1,17 @@
 """The benchmark's arithmetic and its baselines: the source blog's four approaches and the
 per-event twin step must all give the full-history outputs (the blog's own assertion)."""
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
 import numpy as np
+from confluent_kafka import Producer
 
 from worker.bench.kernel import baselines, flops_per_event, time_near_drain
-from worker.bench.latency import event_encoder
+from worker.bench.latency import event_encoder, lower_priority
+from worker.bench.scrape import parse_nice
 from worker.codec import EventDecoder, encode_event
 from worker.model.reference import make_reference_model
 
@@ -36,3 +43,30 @@ def test_load_generator_sends_what_encode_event_gives_and_the_worker_decodes():
     decoded = decoder.decode(values, lambda indexes: np.zeros(len(indexes), np.int64))
     assert decoded.ok.all() and decoded.ts.tolist() == [1_795_000_000_000, 1_795_000_000_001]
     np.testing.assert_array_equal(decoded.x, x)
+
+
+def _thread_nices() -> dict[int, tuple[str, int]]:
+    """tid -> (name, nice) of this process's threads."""
+    out = {}
+    for task in Path("/proc/self/task").iterdir():
+        stat = (task / "stat").read_text()
+        out[int(task.name)] = (stat[stat.index("(") + 1 : stat.rindex(")")], parse_nice(stat))
+    return out
+
+
+def test_the_load_generator_and_its_librdkafka_threads_run_at_the_lower_priority_alone():
+    main = os.getpriority(os.PRIO_PROCESS, 0)
+    before = set(_thread_nices())
+
+    def start_producer() -> tuple[int, Producer]:  # no broker needed: librdkafka starts its threads at once
+        return lower_priority(main + 3), Producer({"bootstrap.servers": "127.0.0.1:9", "client.id": "nice-test"})
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ran_at, producer = pool.submit(start_producer).result()
+        new = {tid: v for tid, v in _thread_nices().items() if tid not in before}
+    assert ran_at == main + 3
+    librdkafka = [nice for name, nice in new.values() if name.startswith("rdk:")]
+    assert len(librdkafka) >= 2 and set(librdkafka) == {main + 3}  # inherited from the thread that made them
+    assert os.getpriority(os.PRIO_PROCESS, 0) == main  # the main thread (which starts the workers) is untouched
+    assert _thread_nices()[threading.get_native_id()][1] == main
+    del producer

@@ -6,15 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from worker.bench.drain import DrainResult
 from worker.bench.kernel import KernelResult, NearDrain, Timing
 from worker.bench.latency import LatencyResult
 from worker.bench.report import render
-from worker.bench.results import BenchResults, targets
+from worker.bench.results import BenchResults, Scheduling, targets
 from worker.bench.run import BenchOptions, draw_plots
 from worker.bench.state import StateResult
 from worker.cli import build_parser
+from worker.errors import ConfigError
 from worker.synthetic import Produced
 
 SWEEP = [("tf", 16, 0.001), ("tf", 64, 0.002), ("tf", 256, 0.004), ("xla", 16, 0.0008), ("xla", 256, 0.005)]
@@ -60,7 +62,9 @@ def results(**parts: object) -> BenchResults:
 
 
 def full() -> BenchResults:
-    latency = LatencyResult(8000.0, 5.0, 40_000, 40_000, 40_000, np.arange(1.0, 101.0), steal_share=0.05)
+    latency = LatencyResult(
+        8000.0, 5.0, 40_000, 40_000, 40_000, np.arange(1.0, 101.0), steal_share=0.05, generator_nice=10
+    )
     state = StateResult(
         keys=1000,
         partitions=4,
@@ -106,6 +110,7 @@ def test_every_section_with_its_context_and_ratios():
     assert "| the hypervisor's steal meanwhile (cores the VM did not get) | 0.20 |" in text
     assert "| the hypervisor's steal (cores) | 0.20 | 0.20 |" in text
     assert "| the hypervisor's steal while producing (share of CPU time) | 5.0% | nan% |" in text
+    assert "| the load generator's nice value | 10 | 0 |" in text
     assert "| RSS per resident key (bytes) | 3,000 |" in text
     assert "| cold misses served per second | 495 |" in text
     assert "Two workers / one: **1.50x**." in text
@@ -149,6 +154,7 @@ def test_bench_command_line_defaults_are_the_issue_sizes():
     assert (args.drain_events, args.drain_keys, args.partitions) == (1_000_000, 10_000, 12)
     assert (args.latency_seconds, args.state_keys, args.skip_kafka) == (60.0, 1_000_000, False)
     assert args.broker_warmup_seconds == 80.0
+    assert (args.load_nice, args.broker_pid) == (10, None)
     args = build_parser().parse_args(["bench", "--skip-kafka", "--drain-events", "20000", "--state-keys", "5000"])
     assert args.skip_kafka and args.drain_events == 20000 and args.state_keys == 5000
 
@@ -159,8 +165,28 @@ def test_options_render_the_command_that_reproduces_them():
     command = options.command("127.0.0.1:9092")
     assert "--bootstrap-servers 127.0.0.1:9092 --drain-events 20000 --drain-keys 10000 --partitions 4" in command
     assert "--latency-seconds 5 --state-keys 1000000" in command
-    assert command.endswith("--cold-cache-keys 10000 --broker-warmup-seconds 80")
-    assert BenchOptions(broker_warmup_seconds=0).command("b:9092").endswith("--broker-warmup-seconds 0")
+    assert command.endswith("--cold-cache-keys 10000 --broker-warmup-seconds 80 --load-nice 10")
+    assert "--broker-warmup-seconds 0 " in BenchOptions(broker_warmup_seconds=0).command("b:9092")
+    assert BenchOptions(load_nice=0, broker_pid=4242).command("b:9092").endswith("--load-nice 0")
+
+
+def test_a_nice_value_out_of_range_stops_the_bench_before_it_starts():
+    for wrong in (-1, 20):
+        with pytest.raises(ConfigError, match=f"--load-nice must be 0 to 19 .*got {wrong}"):
+            BenchOptions(load_nice=wrong)
+
+
+def test_the_cpu_priorities_of_the_run_are_stated():
+    r = full()
+    assert "CPU priorities" not in render(r)  # parts 1-2 only: no priorities to state
+    r.scheduling = Scheduling(workers=0, generator=10, broker=10, broker_pid=4242)
+    text = render(r)
+    assert "the workers at nice 0, the load generator of the latency\nruns at nice 10," in text
+    assert "the broker (pid 4242) at nice 10." in text
+    r.scheduling = Scheduling(workers=0, generator=10, broker=None, broker_pid=4242)
+    assert "the broker's nice not read (pid 4242 not running at the start)" in render(r)
+    r.scheduling = Scheduling(workers=0, generator=10, broker=None)
+    assert "the broker's nice not read (no `--broker-pid`)" in render(r)
 
 
 def test_a_failed_part_is_named_and_the_others_still_reported():

@@ -12,7 +12,9 @@ from worker.bench.scrape import (
     parse_cpu_ticks,
     parse_machine_ticks,
     parse_metrics,
+    parse_nice,
     parse_vm_rss,
+    process_nice,
     rss_bytes,
     sample,
 )
@@ -52,6 +54,16 @@ def test_parse_vm_rss():
 def test_parse_cpu_ticks_with_a_process_name_holding_spaces():
     stat = "4242 (python -m worker) S 1 4242 4242 0 -1 4194304 100 0 0 0 1500 250 0 0 20 0 40 0 100 0 0"
     assert parse_cpu_ticks(stat) == 1750
+
+
+def test_parse_nice_after_a_name_holding_spaces_and_parens():
+    stat = "4242 (java (kafka) x) S 1 4242 4242 0 -1 4194304 100 0 0 0 1500 250 0 0 30 10 40 0 100 0 0"
+    assert parse_nice(stat) == 10  # field 19; field 18 is the kernel's priority (20 + nice)
+
+
+def test_the_nice_of_this_process_and_of_one_not_running():
+    assert process_nice(os.getpid()) == os.getpriority(os.PRIO_PROCESS, os.getpid())
+    assert process_nice(2**22 + 1) is None  # above the kernel's pid_max: never a process
 
 
 def test_parse_machine_ticks():

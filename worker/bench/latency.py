@@ -11,8 +11,11 @@ sessions); they are reported apart and not counted in the quantiles.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import msgpack
@@ -22,6 +25,7 @@ from worker.bench.kafka_io import BenchKafka, FastProducer, partition_of
 from worker.bench.process import Launcher, wait_predicted
 from worker.bench.scrape import machine_ticks
 from worker.bench.stats import events_per_s, percentiles
+from worker.config import KafkaConfig
 from worker.synthetic import key_name
 
 log = logging.getLogger(__name__)
@@ -44,6 +48,7 @@ class LatencyResult:
     warmup_latency_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
     served_per_s: float = float("nan")  # predictions, first to last: below the offered rate when behind
     steal_share: float = float("nan")  # of the machine's CPU time while producing, taken by the hypervisor
+    generator_nice: int = 0  # the load generator's threads' nice value, as read back
 
     @property
     def achieved_per_s(self) -> float:
@@ -100,6 +105,32 @@ def paced_send(
     return sent, elapsed
 
 
+def lower_priority(nice: int) -> int:
+    """Run the calling thread, and the threads it starts, at `nice` (never below its own: only
+    a privileged process may raise a priority); returns the value set."""
+    tid = threading.get_native_id()
+    nice = max(nice, os.getpriority(os.PRIO_PROCESS, tid))
+    os.setpriority(os.PRIO_PROCESS, tid, nice)  # Linux: per thread, inherited by threads it starts
+    return os.getpriority(os.PRIO_PROCESS, tid)
+
+
+def generate(
+    kafka: KafkaConfig, nice: int, topic: str, keys: int, partitions: int, rate: float, seconds: float
+) -> tuple[int, float, int]:
+    """`paced_send` by a producer of its own on a thread of its own at `nice`, librdkafka's threads
+    included: (sent, seconds, the nice value it ran at). The load generator stands for producers
+    on other machines; here it shares the cores with the worker under test, and at a lower
+    priority the scheduler serves the worker first (BENCHMARKS.md analysis)."""
+
+    def run() -> tuple[int, float, int]:
+        ran_at = lower_priority(nice)
+        producer = FastProducer(kafka, **{"linger.ms": PRODUCER_LINGER_MS})
+        return (*paced_send(producer, topic, keys, partitions, rate, seconds), ran_at)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-generator") as pool:
+        return pool.submit(run).result()
+
+
 def latency(
     bench: BenchKafka,
     launcher: Launcher,
@@ -109,6 +140,7 @@ def latency(
     partitions: int,
     warmup_s: float = 5.0,
     name: str = "latency",
+    generator_nice: int = 0,
 ) -> LatencyResult:
     """`name` tells this run's topics, group and worker log from another latency run's."""
     topic = bench.create(bench.name(name), partitions)
@@ -116,10 +148,11 @@ def latency(
     worker = launcher.start(name, topic, output, bench.name(f"{name}-group"))
     try:
         worker.wait_ready(180)
-        producer = FastProducer(bench.kafka, **{"linger.ms": PRODUCER_LINGER_MS})
         first_ms = int(time.time() * 1000)
         before = machine_ticks()
-        sent, produced_s = paced_send(producer, topic, keys, partitions, rate, warmup_s + seconds)
+        sent, produced_s, ran_at = generate(
+            bench.kafka, generator_nice, topic, keys, partitions, rate, warmup_s + seconds
+        )
         _, steal = machine_ticks().shares_since(before)
         wait_predicted([worker], sent, stall_s=60)
     finally:
@@ -138,6 +171,7 @@ def latency(
         all_ms[warm],
         events_per_s(predictions.distinct, predictions.first_ms, predictions.last_ms),
         steal,
+        ran_at,
     )
     q = result.quantiles
     log.info(

@@ -185,6 +185,7 @@ def latency_section(r: BenchResults) -> list[str]:
         row("achieved rate (events/s)", lambda run: f"{run.achieved_per_s:,.0f}"),
         row("worker's rate, first to last prediction (events/s)", lambda run: f"{run.served_per_s:,.0f}"),
         row("the hypervisor's steal while producing (share of CPU time)", lambda run: f"{run.steal_share:.1%}"),
+        row("the load generator's nice value", lambda run: str(run.generator_nice)),
         row("events / predicted (warm-up included)", lambda run: f"{run.sent:,} / {run.distinct:,}"),
         row("events counted (after the warm-up)", lambda run: f"{run.latency_ms.size:,}"),
         row("p50 (ms)", quantile(50.0)),
@@ -290,6 +291,26 @@ def analysis_section(analysis: str | None) -> list[str]:
     return ["## Analysis", "", f"From `{ANALYSIS}`, written by hand (not by this run):", "", analysis.strip()]
 
 
+def _scheduling(r: BenchResults) -> list[str]:
+    """Who got the cores first: the broker and the load generator stand for machines of their own."""
+    sch = r.scheduling
+    if sch is None:
+        return []
+    if sch.broker is not None:
+        broker = f"the broker (pid {sch.broker_pid}) at nice {sch.broker}"
+    elif sch.broker_pid is not None:
+        broker = f"the broker's nice not read (pid {sch.broker_pid} not running at the start)"
+    else:
+        broker = "the broker's nice not read (no `--broker-pid`)"
+    return [
+        f"CPU priorities in parts 3-6: the workers at nice {sch.workers}, the load generator of the latency",
+        f"runs at nice {sch.generator}, {broker}. In a deployment the broker and the producers",
+        "run on machines of their own; here they share the cores with the worker under test, and at",
+        "a lower priority the scheduler runs the worker first when both are ready (`--load-nice`,",
+        "`make bench`'s `BENCH_NICE`).",
+    ]
+
+
 def _errors(r: BenchResults) -> list[str]:
     if not r.errors:
         return []
@@ -305,6 +326,7 @@ def render(r: BenchResults, analysis: str | None = None) -> str:
             "Written by `make bench` (`lstm-worker bench`); every figure below is from the one run that",
             f"wrote this file ({r.wall_s / 60:.1f} minutes), on one machine, against a real local Kafka broker.",
         ],
+        _scheduling(r),
         _errors(r),
         targets_section(r) if r.drain_input else ["Parts 3-6 (Kafka) were not run: `--skip-kafka`."],
         kernel_section(r),

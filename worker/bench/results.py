@@ -33,6 +33,17 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, TensorFlow {tf}"
 
 
+@dataclass(frozen=True)
+class Scheduling:
+    """The CPU priorities the run's processes had: the broker and the load generator stand for
+    machines of their own, and share these cores with the worker under test at a lower one."""
+
+    workers: int  # nice of the bench's main thread, which the workers it starts inherit
+    generator: int  # asked for; each latency run reads back what it ran at
+    broker: int | None  # read from /proc at the start; None when no broker pid was given or it was not running
+    broker_pid: int | None = None
+
+
 @dataclass
 class BenchResults:
     command: str
@@ -51,6 +62,7 @@ class BenchResults:
     latency_low: LatencyResult | None = None  # at LOW_LOAD_SHARE: what a worker serves live when it keeps up
     near_drain: NearDrain | None = None  # the drain's yardsticks timed again right after it
     broker_warmup: LatencyResult | None = None  # live load before part 3, not counted
+    scheduling: Scheduling | None = None  # parts 3-6 only
 
     @property
     def kernel_at_drain(self) -> float:

@@ -19,9 +19,11 @@ from worker.bench.kafka_io import BenchError, BenchKafka
 from worker.bench.latency import latency
 from worker.bench.process import Launcher
 from worker.bench.report import ANALYSIS, render
-from worker.bench.results import BenchResults, machine
+from worker.bench.results import BenchResults, Scheduling, machine
+from worker.bench.scrape import process_nice
 from worker.bench.state import state
 from worker.config import KafkaConfig
+from worker.errors import ConfigError
 
 log = logging.getLogger(__name__)
 LOAD_SHARE = 0.5  # of the one-worker drain rate, for the latency part
@@ -46,6 +48,8 @@ class BenchOptions:
     state_keys: int = 1_000_000
     cold_cache_keys: int = 10_000
     broker_warmup_seconds: float = 80.0
+    load_nice: int = 10
+    broker_pid: int | None = None  # only read, for the report: `make bench` starts its broker at nice 10
     skip_kafka: bool = False
     workdir: str = ".cache/bench"
 
@@ -69,8 +73,13 @@ class BenchOptions:
                 f"--state-keys {self.state_keys}",
                 f"--cold-cache-keys {self.cold_cache_keys}",
                 f"--broker-warmup-seconds {self.broker_warmup_seconds:g}",
+                f"--load-nice {self.load_nice}",
             ]
         )
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.load_nice <= 19:
+            raise ConfigError(f"--load-nice must be 0 to 19 (Linux nice values), got {self.load_nice}")
 
 
 def run_benchmarks(options: BenchOptions, kafka: KafkaConfig | None) -> BenchResults:
@@ -113,6 +122,7 @@ def _warm_up_broker(results: BenchResults, options: BenchOptions, bench: BenchKa
         options.partitions,
         warmup_s=0.0,
         name="broker-warmup",
+        generator_nice=options.load_nice,
     )
 
 
@@ -125,6 +135,13 @@ def kafka_parts(results: BenchResults, options: BenchOptions, kafka: KafkaConfig
     logs.mkdir(parents=True, exist_ok=True)
     model_path, fp, sizes = reference_model(workdir)
     bench, launcher = BenchKafka(kafka, run), Launcher(kafka, model_path, logs)
+    pid = options.broker_pid
+    results.scheduling = Scheduling(
+        workers=os.getpriority(os.PRIO_PROCESS, 0),
+        generator=options.load_nice,
+        broker=None if pid is None else process_nice(pid),
+        broker_pid=pid,
+    )
 
     def part(name: str, measure: Callable[[], None]) -> None:
         try:
@@ -172,6 +189,7 @@ def kafka_parts(results: BenchResults, options: BenchOptions, kafka: KafkaConfig
                     options.drain_keys,
                     options.partitions,
                     name=f"latency{round(share * 100)}",
+                    generator_nice=options.load_nice,
                 )
                 if share == LOAD_SHARE:
                     results.latency = measured

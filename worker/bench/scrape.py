@@ -50,10 +50,20 @@ def parse_vm_rss(status: str) -> int:
     raise ValueError("no VmRSS line (has the process exited?)")
 
 
+def _stat_fields(stat: str) -> list[str]:
+    """The fields of /proc/<pid>/stat after the name (which may hold spaces): proc(5)'s field 3 first."""
+    return stat[stat.rindex(")") + 2 :].split()
+
+
 def parse_cpu_ticks(stat: str) -> int:
-    """utime + stime (clock ticks) from the text of /proc/<pid>/stat (the name may hold spaces)."""
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5), counted after the name
+    """utime + stime (clock ticks) from the text of /proc/<pid>/stat."""
+    fields = _stat_fields(stat)
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def parse_nice(stat: str) -> int:
+    """The nice value from the text of /proc/<pid>/stat (or of one thread's, under task/)."""
+    return int(_stat_fields(stat)[16])  # field 19 of proc(5)
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,15 @@ def rss_bytes(pid: int) -> int:
 def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         return parse_cpu_ticks(stat.read()) / os.sysconf("SC_CLK_TCK")
+
+
+def process_nice(pid: int) -> int | None:
+    """The nice value of a process's main thread; None when it is not running (a stale pid)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return parse_nice(stat.read())
+    except (FileNotFoundError, ProcessLookupError):
+        return None
 
 
 def machine_ticks() -> MachineTicks:
