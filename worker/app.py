@@ -127,7 +127,9 @@ class Worker:
         self._next_offset: dict[int, int] = {}
         self._committed: dict[int, int] = {}
         self.clock = PhaseClock(metrics)
-        self.rounds = RoundRunner(model, self.store, config.output_topic, fingerprint, metrics, self.clock)
+        self.rounds = RoundRunner(
+            model, self.store, config.output_topic, config.state_topic, fingerprint, metrics, self.clock
+        )
         self._next_expiry = 0.0
         self._commit_in_flight = False
         self._pending_offsets: list[TopicPartition] = []  # at least once: committed once their states are acked

@@ -39,6 +39,7 @@ class RoundRunner:
         model: StepModel,
         store: StateStore,
         output_topic: str,
+        state_topic: str,
         fingerprint: str,
         metrics: Metrics,
         clock: PhaseClock,
@@ -46,6 +47,7 @@ class RoundRunner:
         self.model = model
         self.store = store
         self.output_topic = output_topic
+        self.state_topic = state_topic
         self.fingerprint = fingerprint
         self.metrics = metrics
         self.clock = clock
@@ -64,6 +66,7 @@ class RoundRunner:
     def run(self, rnd: Round, producer: OutputProducer) -> None:
         cache = self.store.cache
         rows = self.store.resolve(rnd.ids)
+        self.store.settle(producer, self.state_topic, rows)  # what the last commit point queued of them
         kept, rows = self._drop_applied(rnd, rows)
         if not kept.ids:
             self.clock.lap("state")

@@ -1,9 +1,10 @@
-"""A commit point's states are copied, then produced a slice per loop iteration.
+"""A commit point's states are queued, then produced from the cache a slice per loop iteration.
 
 What must hold (worker/state/store.py): the records carry the states as they were at the
-commit point even if rounds change the rows meanwhile; rows stay pinned until acknowledged;
-a later commit point first produces what is left of the earlier one; a lost partition's
-queued states are never produced. No broker: the producer here only records what it is given.
+commit point even if rounds change the rows meanwhile (a round first settles its rows still
+queued); rows stay pinned until acknowledged; a later commit point first produces what is left
+of the earlier one; a lost partition's queued states are never produced; a key's queued state
+never follows its tombstone. No broker: the producer here only records what it is given.
 """
 
 import numpy as np
@@ -49,20 +50,36 @@ def written(producer: RecordingProducer) -> dict[bytes, float]:
 KEYS = [(0, b"a"), (0, b"b"), (1, b"c"), (1, b"d"), (2, b"e")]
 
 
-def test_records_hold_the_states_of_the_commit_point_even_if_rows_change():
-    store, rows = store_with(KEYS)
+def test_records_hold_the_states_of_the_commit_point_when_a_round_changes_rows():
+    store, _ = store_with(KEYS)
     producer = RecordingProducer()
     assert store.queue_dirty(producer, TOPIC) == 5 and store.queued == 5
     assert producer.records == []  # nothing produced yet: the loop does it a slice at a time
-    store.cache.states[rows] = 99.0  # rounds go on and change the rows
-    store.cache.src[rows] = 500
-    assert store.write_queued(producer, TOPIC, limit=2) == 2 and store.queued == 3
+    taken = store.resolve([KEYS[3], KEYS[1]])  # a round takes d and b: their queued states go out first
+    assert store.settle(producer, TOPIC, taken) == 2 and store.queued == 3
+    assert [k for _, k, _, _ in producer.records] == [b"b", b"d"]  # in the queue's order
+    store.cache.states[taken] = 99.0  # the round changes the rows
+    store.cache.src[taken], store.cache.step[taken] = 500, 0
+    assert store.settle(producer, TOPIC, taken) == 0  # once only
     assert store.write_queued(producer, TOPIC, limit=2) == 2 and store.queued == 1
     assert store.write_queued(producer, TOPIC, limit=2) == 1 and store.queued == 0
     assert store.write_queued(producer, TOPIC, limit=2) == 0
     assert written(producer) == {b"a": 0.0, b"b": 1.0, b"c": 2.0, b"d": 3.0, b"e": 4.0}
-    assert [decode_state(v, SIZES).src_offset for *_, v, _ in producer.records] == [100, 101, 102, 103, 104]
-    assert [(p, k) for _, k, _, p in producer.records] == KEYS
+    records = [decode_state(v, SIZES) for *_, v, _ in producer.records]
+    assert [(r.src_offset, r.step, r.ts) for r in records] == [(100 + i, i, 1000 + i) for i in (1, 3, 0, 2, 4)]
+    assert [(p, k) for _, k, _, p in producer.records] == [KEYS[i] for i in (1, 3, 0, 2, 4)]
+
+
+def test_a_queued_state_goes_out_before_its_keys_tombstone():
+    store, _ = store_with(KEYS)
+    producer = RecordingProducer()
+    store.queue_dirty(producer, TOPIC)
+    store.ended[(2, b"e")] = 50  # e ended at offset 50, now committed past
+    assert store.write_tombstones(producer, TOPIC, {2: 100}) == 1
+    assert [(k, v is None) for _, k, v, _ in producer.records] == [(b"e", False), (b"e", True)]
+    assert store.queued == 4 and (2, b"e") not in store.cache
+    store.write_queued(producer, TOPIC)
+    assert [k for _, k, _, _ in producer.records][2:] == [b"a", b"b", b"c", b"d"]
 
 
 def test_queued_rows_stay_pinned_until_acknowledged():
@@ -97,8 +114,10 @@ def test_a_lost_partitions_queued_states_are_never_produced():
     store.forget(0)
     store.forget(2)
     assert store.queued == 2
+    assert store.settle(producer, TOPIC, store.resolve([(1, b"d")])) == 1  # the queue's rows still found
     store.write_queued(producer, TOPIC)
-    assert [(p, k) for _, k, _, p in producer.records] == [(0, b"a"), (1, b"c"), (1, b"d")]
+    assert [(p, k) for _, k, _, p in producer.records] == [(0, b"a"), (1, b"d"), (1, b"c")]
+    assert written(producer) == {b"a": 0.0, b"c": 2.0, b"d": 3.0}
 
 
 def test_paced_writes_follow_the_share_of_time_and_never_fall_below_the_slice():

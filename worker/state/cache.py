@@ -62,8 +62,12 @@ class StateCache:
         deque(map(touch, eids), maxlen=0)
         return rows
 
+    def row_of(self, eid: EntityId) -> int | None:
+        """The key's row, None when not resident; no LRU touch."""
+        return self._rows.get(eid)
+
     def is_dirty(self, eid: EntityId) -> bool:
-        row = self._rows.get(eid)
+        row = self.row_of(eid)
         return row is not None and row in self.dirty
 
     def entity(self, row: int) -> EntityId:
