@@ -49,7 +49,10 @@ def _thread_nices() -> dict[int, tuple[str, int]]:
     """tid -> (name, nice) of this process's threads."""
     out = {}
     for task in Path("/proc/self/task").iterdir():
-        stat = (task / "stat").read_text()
+        try:
+            stat = (task / "stat").read_text()
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
         out[int(task.name)] = (stat[stat.index("(") + 1 : stat.rindex(")")], parse_nice(stat))
     return out
 

@@ -120,8 +120,8 @@ def test_mark_dirty_pins_rows_and_take_dirty_clears():
     assert cache.room() == 1
     put(cache, D, 9.0)  # A is the oldest but now dirty
     assert resident(cache) == {A, C, D}
-    assert cache.take_dirty() == sorted([rows[0], rows[2]])
-    assert cache.take_dirty() == []
+    assert rows[0] < rows[2] and cache.take_dirty() == ([rows[0], rows[2]], [A, C])  # in row order, with their keys
+    assert cache.take_dirty() == ([], [])
     assert not cache.is_dirty(A)
     assert cache.room() == 1  # being written
     cache.written(A)
@@ -135,7 +135,7 @@ def test_take_dirty_then_all_clean_rows_can_be_evicted():
     cache = StateCache(capacity=2, state_dim=DIM)
     put(cache, A, 1.0, dirty=True)
     put(cache, B, 2.0, dirty=True)
-    assert len(cache.take_dirty()) == 2
+    assert len(cache.take_dirty()[0]) == 2
     cache.written(A)
     cache.written(B)
     put(cache, C, 3.0)
@@ -161,7 +161,7 @@ def test_remove_partition_forgets_its_keys_and_frees_their_rows():
     assert cache.remove_partition(0) == 2
     assert resident(cache) == {C, D}
     assert len(cache) == 2
-    assert cache.take_dirty() == [row_c]  # A's dirty mark went with it
+    assert cache.take_dirty()[0] == [row_c]  # A's dirty mark went with it
     put(cache, A, 5.0, dirty=True)
     put(cache, B, 6.0, dirty=True)  # the freed rows are reused: nothing evicted
     assert resident(cache) == {A, B, C, D}

@@ -9,6 +9,7 @@ drops clean rows, so a state is never lost before it is written.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from typing import cast
 
 import numpy as np
 
@@ -124,12 +125,15 @@ class StateCache:
     def mark_dirty(self, rows: np.ndarray | list[int]) -> None:
         self.dirty.update(int(r) for r in rows)
 
-    def take_dirty(self) -> list[int]:
-        """The dirty rows, now clean and being written: pinned until `written`."""
+    def take_dirty(self) -> tuple[list[int], list[EntityId]]:
+        """The dirty rows and their keys, now clean and being written: pinned until `written`.
+        Mapped in C: a commit point takes every key active since the last one."""
         rows = sorted(self.dirty)
         self.dirty.clear()
-        self.writing.update(self.entity(row) for row in rows)
-        return rows
+        ids = cast(list[EntityId], list(map(self._ids.__getitem__, rows)))
+        assert None not in ids, "a free row was dirty"
+        self.writing.update(ids)
+        return rows, ids
 
     def written(self, eid: EntityId) -> None:
         """The key's state record is acknowledged: its row may be evicted (unless dirty again)."""

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise, repeat
+from operator import itemgetter
 
 import numpy as np
 
@@ -292,13 +293,12 @@ class StateStore:
         produced first, as the commit point left it). The rows stay pinned until their records
         are acknowledged. What an earlier call queued is written first."""
         self.write_queued(producer, topic)
-        rows = np.array(self.cache.take_dirty(), dtype=np.int64)
-        if not len(rows):
+        taken, ids = self.cache.take_dirty()
+        if not taken:
             return 0
-        cache = self.cache
-        ids = [cache.entity(row) for row in rows.tolist()]
-        partitions = np.fromiter((p for p, _ in ids), dtype=np.int64, count=len(ids))
-        self._queue = _Queued.of(ids, rows, cache, partitions)
+        rows = np.array(taken, dtype=np.int64)
+        partitions = np.fromiter(map(itemgetter(0), ids), dtype=np.int64, count=len(ids))
+        self._queue = _Queued.of(ids, rows, self.cache, partitions)
         self._queued_at[rows] = np.arange(len(rows), dtype=np.int32)
         return len(rows)
 
