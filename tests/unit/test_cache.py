@@ -34,11 +34,11 @@ def test_insert_stores_state_step_src_ts_per_row():
     np.testing.assert_array_equal(cache.states[row_b], [1, 2, 3])
     assert (cache.step[row_a], cache.src[row_a], cache.ts[row_a]) == (3, 41, 1000)
     assert (cache.step[row_b], cache.src[row_b], cache.ts[row_b]) == (9, 7, 2000)
-    assert cache.entity(row_a) == A
-    assert cache.entity(row_b) == B
+    assert (cache.row_of(A), cache.row_of(B)) == (row_a, row_b)
     assert cache.is_dirty(B)
     assert not cache.is_dirty(A)
     assert len(cache) == 2
+    assert cache.take_dirty() == ([row_b], [B])  # the row's key, as a commit point reads it
 
 
 def test_lookup_returns_the_row_or_none():
@@ -58,7 +58,9 @@ def test_insert_without_state_writes_zeros_even_in_a_reused_row():
     assert reused == row
     assert not cache.states[row].any()
     assert (cache.step[row], cache.src[row], cache.ts[row]) == (0, -1, 0)
-    assert cache.entity(row) == B
+    assert (cache.row_of(A), cache.row_of(B)) == (None, row)
+    cache.mark_dirty([row])
+    assert cache.take_dirty() == ([row], [B])  # the reused row now names B
 
 
 def test_reinsert_of_a_resident_key_overwrites_its_row():

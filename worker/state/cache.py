@@ -71,11 +71,6 @@ class StateCache:
         row = self.row_of(eid)
         return row is not None and row in self.dirty
 
-    def entity(self, row: int) -> EntityId:
-        eid = self._ids[row]
-        assert eid is not None, f"row {row} is free"
-        return eid
-
     def place(self, eid: EntityId) -> int:
         """The key's row, most recently used: its own, a free one or an evicted clean one.
         The caller writes the row (the restore writes many rows with one NumPy call)."""

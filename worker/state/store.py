@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise, repeat
 from operator import itemgetter
 
@@ -40,14 +40,13 @@ class _Queued:
     partitions: np.ndarray
     src: np.ndarray
     ts: np.ndarray
-    done: np.ndarray  # produced already: in order from the front, or ahead by `settle`
-    left: int
+    done: np.ndarray = field(init=False)  # produced already: in order from the front, or ahead by `settle`
+    left: int = field(init=False)
     front: int = 0  # every record before it is done
 
-    @staticmethod
-    def of(ids: list[EntityId], rows: np.ndarray, cache: StateCache, partitions: np.ndarray) -> _Queued:
-        done = np.zeros(len(rows), dtype=bool)
-        return _Queued(ids, rows, cache.step[rows], partitions, cache.src[rows], cache.ts[rows], done, len(rows))
+    def __post_init__(self) -> None:
+        self.done = np.zeros(len(self.rows), dtype=bool)
+        self.left = len(self.rows)
 
     def next(self, limit: int | None) -> np.ndarray:
         """Indexes of the next `limit` (all when None) records not produced yet, in order."""
@@ -59,10 +58,7 @@ class _Queued:
         if not len(keep):
             return None
         ids = [self.ids[i] for i in keep.tolist()]
-        done = np.zeros(len(keep), dtype=bool)
-        return _Queued(
-            ids, self.rows[keep], self.step[keep], self.partitions[keep], self.src[keep], self.ts[keep], done, len(keep)
-        )
+        return _Queued(ids, self.rows[keep], self.step[keep], self.partitions[keep], self.src[keep], self.ts[keep])
 
 
 class StateStore:
@@ -93,7 +89,7 @@ class StateStore:
         self._queue: _Queued | None = None  # states of the last commit point, being produced
         # cache row -> its record's index in the queue, -1 when not queued: a round's rows are
         # looked up with one NumPy call (4 bytes per key of capacity)
-        self._queued_at = np.full(cache.capacity, -1, dtype=np.int32)
+        self._slot = np.full(cache.capacity, -1, dtype=np.int32)
 
     # -- restore and forget -------------------------------------------------------
 
@@ -188,10 +184,7 @@ class StateStore:
         """Drop a revoked partition; its dirty states must have been written first (a lost
         partition's queued states are dropped: another member may own it already)."""
         if self._queue is not None:
-            self._queued_at[self._queue.rows] = -1
-            self._queue = self._queue.without(partition)
-            if self._queue is not None:
-                self._queued_at[self._queue.rows] = np.arange(len(self._queue.rows), dtype=np.int32)
+            self._set_queue(self._queue.without(partition))
         self.index.pop(partition, None)
         self.seen.pop(partition, None)
         self.cache.remove_partition(partition)
@@ -298,9 +291,17 @@ class StateStore:
             return 0
         rows = np.array(taken, dtype=np.int64)
         partitions = np.fromiter(map(itemgetter(0), ids), dtype=np.int64, count=len(ids))
-        self._queue = _Queued.of(ids, rows, self.cache, partitions)
-        self._queued_at[rows] = np.arange(len(rows), dtype=np.int32)
+        cache = self.cache
+        self._set_queue(_Queued(ids, rows, cache.step[rows], partitions, cache.src[rows], cache.ts[rows]))
         return len(rows)
+
+    def _set_queue(self, queue: _Queued | None) -> None:
+        """The queue being produced, and the slots of its rows."""
+        if self._queue is not None:
+            self._slot[self._queue.rows] = -1
+        self._queue = queue
+        if queue is not None:
+            self._slot[queue.rows] = np.arange(len(queue.rows), dtype=np.int32)
 
     @property
     def queued(self) -> int:
@@ -319,7 +320,9 @@ class StateStore:
 
     def settle(self, producer: OutputProducer, topic: str, rows: np.ndarray) -> int:
         """Produce the queued states of these rows now, before a change to them."""
-        at = self._queued_at[rows]
+        if self._queue is None:  # the common case once a commit point's states are out
+            return 0
+        at = self._slot[rows]
         at = at[at >= 0]
         if not len(at):
             return 0
@@ -336,7 +339,7 @@ class StateStore:
         self._track(ids, ts, src)
         queue.done[which] = True
         queue.left -= len(which)
-        self._queued_at[rows] = -1
+        self._slot[rows] = -1
         if not queue.left:
             self._queue = None
         self.metrics.state_writes.labels("state").inc(len(which))
