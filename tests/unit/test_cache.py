@@ -231,3 +231,19 @@ def test_lookup_many_gives_rows_of_resident_keys_and_marks_them_most_recent():
     put(cache, B, 8)  # then D
     assert resident(cache) == {A, B, C, E}
     assert cache.lookup_many([]) == []
+
+
+def test_fresh_row_is_the_lowest_row_never_used():
+    """The restore's prefault faults in rows from here up: a freed row is reused before it moves."""
+    cache = StateCache(capacity=6, state_dim=DIM)
+    assert cache.fresh_row == 0
+    rows = [put(cache, eid) for eid in (A, B)]
+    assert rows == [0, 1] and cache.fresh_row == 2
+    cache.remove(A)
+    assert put(cache, C) == 0  # the freed row first
+    assert cache.fresh_row == 2
+    assert cache.place_many([D, E]) == [2, 3]
+    assert cache.fresh_row == 4
+    cache.remove(D)
+    assert put(cache, (3, b"f")) == 2 and put(cache, (3, b"g")) == 4
+    assert cache.fresh_row == 5

@@ -71,7 +71,8 @@ class TopicReader:
     def close(self) -> None:
         self._consumer.close()
 
-    def _end_offsets(self, partitions: list[int]) -> dict[int, tuple[int, int]]:
+    def end_offsets(self, partitions: list[int]) -> dict[int, tuple[int, int]]:
+        """(low, high) watermarks of the partitions holding records."""
         ends = {}
         for p in partitions:
             low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=30.0)
@@ -98,9 +99,13 @@ class TopicReader:
         for batch in self.read_partition_batches(partitions):
             yield from batch.rows()
 
-    def read_partition_batches(self, partitions: list[int]) -> Iterator[Records]:
-        """The same, a consume() batch at a time (the restore decodes a batch together)."""
-        offsets = self._end_offsets(partitions)
+    def read_partition_batches(
+        self, partitions: list[int], offsets: dict[int, tuple[int, int]] | None = None
+    ) -> Iterator[Records]:
+        """The same, a consume() batch at a time (the restore decodes a batch together), up to
+        the `end_offsets` as of this call unless given."""
+        if offsets is None:
+            offsets = self.end_offsets(partitions)
         ends = {p: high for p, (_, high) in offsets.items()}
         self._consumer.assign([TopicPartition(self.topic, p, low) for p, (low, _) in offsets.items()])
         for msgs in self._batches(ends):

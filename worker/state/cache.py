@@ -32,6 +32,9 @@ class StateCache:
         self._rows: OrderedDict[EntityId, int] = OrderedDict()
         self._ids: list[EntityId | None] = [None] * capacity
         self._free = list(range(capacity - 1, -1, -1))
+        # rows are handed out lowest first, freed ones before any never used: those are always
+        # the free list's first `_pristine` (the rows from `fresh_row` up)
+        self._pristine = capacity
         self.dirty: set[int] = set()
         # keys whose state record is produced but not acknowledged yet: pinned like dirty rows,
         # since until then an LRU miss would read the key's previous record back
@@ -47,6 +50,11 @@ class StateCache:
     def nbytes(self) -> int:
         """Bytes of state held (resident rows only), for the cache-bytes gauge."""
         return len(self._rows) * self.states.shape[1] * 4
+
+    @property
+    def fresh_row(self) -> int:
+        """The lowest row never used: it and every row above it are untouched memory."""
+        return self.capacity - self._pristine
 
     def room(self) -> int:
         """Rows that can be (re)used now without writing anything (a key both dirty and being
@@ -76,7 +84,11 @@ class StateCache:
         The caller writes the row (the restore writes many rows with one NumPy call)."""
         row = self._rows.get(eid)
         if row is None:
-            row = self._free.pop() if self._free else self._evict()
+            if self._free:
+                row = self._free.pop()
+                self._pristine = min(self._pristine, len(self._free))
+            else:
+                row = self._evict()
             self._rows[eid] = row
             self._ids[row] = eid
         else:
@@ -91,6 +103,7 @@ class StateCache:
             return [self.place(eid) for eid in eids]
         rows = free[len(free) - count :][::-1]  # the rows `place` would pop, in its order
         del free[len(free) - count :]
+        self._pristine = min(self._pristine, len(free))
         self._rows.update(zip(eids, rows, strict=True))
         ids = self._ids
         for row, eid in zip(rows, eids, strict=True):

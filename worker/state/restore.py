@@ -12,6 +12,7 @@ import time
 
 from worker.kafka.reader import TopicReader
 from worker.metrics import Metrics
+from worker.state.prefault import Prefault
 from worker.state.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -24,8 +25,10 @@ class Restore:
         self.partitions = set(partitions)
         self._store = store
         self._metrics = metrics
-        self._batches = reader.read_partition_batches(sorted(partitions))
         self._started = time.monotonic()
+        offsets = reader.end_offsets(sorted(partitions))
+        self._batches = reader.read_partition_batches(sorted(partitions), offsets)
+        self._prefault = Prefault(store.cache, sum(high - low for low, high in offsets.values()))
         self.count = 0
         store.begin_restore(partitions)
         metrics.restoring_partitions.set(len(partitions))
@@ -52,7 +55,12 @@ class Restore:
             self._finish()
         return done
 
+    def close(self) -> None:
+        """Stops faulting in rows ahead of it (the restore is done, or the worker stops)."""
+        self._prefault.stop()
+
     def _finish(self) -> None:
+        self.close()
         elapsed = time.monotonic() - self._started
         self._metrics.restore_seconds.observe(elapsed)
         self._metrics.restoring_partitions.set(0)

@@ -168,7 +168,10 @@ class StateStore:
             _, last = np.unique(rows[::-1], return_index=True)
             keep = len(rows) - 1 - last
             rows, js = rows[keep], js[keep]
-        cache.states[rows] = batch.states[js]
+        # most batches are decoded and placed whole: then the batch's states go to the cache
+        # as they are, without a gathered copy (4.8 MB of fresh memory per consume batch)
+        whole = len(js) == len(batch.states) and js[0] == 0 and bool((np.diff(js) == 1).all())
+        cache.states[rows] = batch.states if whole else batch.states[js]
         cache.step[rows], cache.src[rows], cache.ts[rows] = batch.step[js], batch.src_offset[js], batch.ts[js]
 
     def _track(self, eids: list[EntityId], ts: np.ndarray, src: np.ndarray) -> None:

@@ -1,0 +1,93 @@
+"""The restore's prefault (worker/state/prefault.py): it faults in the cache's rows ahead of
+the restore, never past the rows the restore can fill, and changes nothing they hold.
+
+Residency is read with mincore(2), so these run on Linux only.
+"""
+
+import ctypes
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from worker.state.cache import StateCache
+from worker.state.prefault import Prefault
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise/mincore are Linux's")
+
+PAGE = 4096
+DIM = 1024  # one row per page
+MADV_NOHUGEPAGE = 15
+LIBC = ctypes.CDLL(None, use_errno=True)
+LIBC.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+def span(cache: StateCache) -> tuple[int, int]:
+    base = cache.states.ctypes.data
+    start = base - base % PAGE
+    return start, base + cache.states.nbytes - start
+
+
+def small_pages(capacity: int) -> StateCache:
+    """A cache whose residency is seen page by page (NumPy asks for 2 MB pages for large arrays)."""
+    cache = StateCache(capacity=capacity, state_dim=DIM)
+    assert LIBC.madvise(*span(cache), MADV_NOHUGEPAGE) == 0, ctypes.get_errno()
+    return cache
+
+
+def resident_rows(cache: StateCache) -> np.ndarray:
+    """Per row of the cache, whether its memory is resident (mincore)."""
+    start, length = span(cache)
+    vec = ctypes.create_string_buffer(-(-length // PAGE))
+    assert LIBC.mincore(start, length, vec) == 0, ctypes.get_errno()
+    pages = np.frombuffer(vec.raw, dtype=np.uint8) & 1
+    first = (cache.states.ctypes.data - start) // PAGE  # row r spans pages first + r and (unaligned) the next one
+    return pages[first : first + cache.capacity].astype(bool)
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_rows_the_restore_can_fill_are_faulted_in_and_no_more():
+    cache = small_pages(4096)  # 16 MB, untouched
+    assert resident_rows(cache)[100:].sum() == 0
+    prefault = Prefault(cache, records=1000, ahead_bytes=64 << 20)
+    try:
+        wait_for(lambda: resident_rows(cache)[:1000].all())
+        time.sleep(0.05)
+        assert resident_rows(cache)[1002:].sum() == 0  # 1,000 records fill at most 1,000 rows
+    finally:
+        prefault.stop()
+
+
+def test_it_keeps_only_so_far_ahead_of_the_rows_used():
+    cache = small_pages(4096)
+    prefault = Prefault(cache, records=4096, ahead_bytes=200 * PAGE)
+    try:
+        wait_for(lambda: resident_rows(cache)[:200].all())
+        time.sleep(0.05)
+        assert resident_rows(cache)[202:].sum() == 0
+        cache.place_many([(0, str(k).encode()) for k in range(1000)])  # the restore took 1,000 rows
+        wait_for(lambda: resident_rows(cache)[1000:1200].all())
+        time.sleep(0.05)
+        assert resident_rows(cache)[1202:].sum() == 0
+    finally:
+        prefault.stop()
+
+
+def test_what_the_rows_hold_is_unchanged():
+    cache = small_pages(2048)
+    cache.states[:10] = 7.0
+    row = cache.place((0, b"k"))
+    prefault = Prefault(cache, records=2048)
+    wait_for(lambda: resident_rows(cache).all())
+    prefault.stop()
+    assert row == 0
+    np.testing.assert_array_equal(cache.states[:10], 7.0)
+    assert not cache.states[10:].any()
