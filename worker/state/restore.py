@@ -12,7 +12,7 @@ import time
 
 from worker.kafka.reader import TopicReader
 from worker.metrics import Metrics
-from worker.state.prefault import Prefault
+from worker.state.memory import Prefault, trim_heap
 from worker.state.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,9 @@ class Restore:
 
     def _finish(self) -> None:
         self.close()
+        # librdkafka's fetch responses, freed into glibc's heap, which kept them: 36-95 MiB more
+        # RSS after a 1M-key restore (throwaway restores), now given back
+        trim_heap()
         elapsed = time.monotonic() - self._started
         self._metrics.restore_seconds.observe(elapsed)
         self._metrics.restoring_partitions.set(0)

@@ -1,10 +1,12 @@
-"""The restore's prefault (worker/state/prefault.py): it faults in the cache's rows ahead of
-the restore, never past the rows the restore can fill, and changes nothing they hold.
+"""The restore's memory (worker/state/memory.py): the prefault faults in the cache's rows ahead
+of the restore, never past the rows the restore can fill, and changes nothing they hold; the
+heap's free memory is given back after it.
 
 Residency is read with mincore(2), so these run on Linux only.
 """
 
 import ctypes
+import subprocess
 import sys
 import time
 
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 
 from worker.state.cache import StateCache
-from worker.state.prefault import Prefault
+from worker.state.memory import Prefault
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise/mincore are Linux's")
 
@@ -91,3 +93,32 @@ def test_what_the_rows_hold_is_unchanged():
     assert row == 0
     np.testing.assert_array_equal(cache.states[:10], 7.0)
     assert not cache.states[10:].any()
+
+
+FREED_HEAP = """
+import ctypes, sys
+from worker.state.memory import trim_heap
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+blocks = [libc.malloc(64 << 10) for _ in range(1024)]  # 64 MB in the heap (below mmap's threshold)
+for b in blocks:
+    ctypes.memset(b, 1, 64 << 10)
+fence = libc.malloc(64 << 10)  # above them: the heap's top cannot shrink
+for b in blocks:
+    libc.free(b)
+kept = rss()
+assert trim_heap()
+print(kept - rss())
+"""
+
+
+@pytest.mark.skipif(
+    not hasattr(ctypes.CDLL(None), "malloc_trim") if sys.platform.startswith("linux") else True, reason="glibc's"
+)
+def test_the_heaps_free_memory_is_given_back():
+    out = subprocess.run([sys.executable, "-c", FREED_HEAP], capture_output=True, text=True, check=True).stdout
+    assert int(out) > 48 << 20  # of the 64 MB freed but kept

@@ -1,4 +1,5 @@
-"""The cache's fresh rows faulted in ahead of a restore, on a thread of its own.
+"""The restore's memory: the cache's fresh rows faulted in ahead of it, the heap's free memory
+given back after it.
 
 A restore writes each key's state into a row never used before, and the first write to a page
 faults it in, on the loop thread. On the benchmark's VM, whose host backs the guest's memory
@@ -8,6 +9,9 @@ ctypes releases the GIL around the call, so a thread does it beside the loop. It
 `ahead_bytes` past the lowest row never used and never goes past the rows the restore can
 fill, so the worker's memory still grows with its keys. Elsewhere (another OS, an older
 kernel) it does nothing and the loop faults the rows in itself, as before.
+
+The restore's fetch responses are freed into glibc's heap, which keeps them: `trim_heap` hands
+that memory back when the restore is done (glibc's `malloc_trim`; nothing elsewhere).
 """
 
 from __future__ import annotations
@@ -81,3 +85,14 @@ class Prefault:
                 log.debug("cache prefault stopped: madvise errno=%d", ctypes.get_errno())
                 return
             done += length
+
+
+def trim_heap() -> bool:
+    """Give the heap's free memory back to the kernel; False where the C library has no way."""
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return False
+    malloc_trim.argtypes = [ctypes.c_size_t]
+    malloc_trim(0)
+    return True
