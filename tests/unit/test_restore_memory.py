@@ -27,32 +27,23 @@ LIBC.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
 LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
-def span(cache: StateCache) -> tuple[int, int]:
-    base = cache.states.ctypes.data
-    start = base - base % PAGE
-    return start, base + cache.states.nbytes - start
-
-
 def small_pages(capacity: int) -> StateCache:
     """A cache whose rows are memory never touched, seen page by page. Its own array may come
     from the heap, resident already, when earlier tests freed large arrays; and NumPy asks for
     2 MB pages for large ones."""
     cache = StateCache(capacity=capacity, state_dim=DIM)
-    fresh = mmap.mmap(-1, capacity * DIM * 4)
+    fresh = mmap.mmap(-1, capacity * DIM * 4)  # page-aligned: row r is page r
     cache.states = np.frombuffer(fresh, dtype=np.float32).reshape(capacity, DIM)
-    assert LIBC.madvise(*span(cache), MADV_NOHUGEPAGE) == 0, ctypes.get_errno()
+    assert LIBC.madvise(cache.states.ctypes.data, cache.states.nbytes, MADV_NOHUGEPAGE) == 0, ctypes.get_errno()
     assert not resident_rows(cache).any()
     return cache
 
 
 def resident_rows(cache: StateCache) -> np.ndarray:
-    """Per row of the cache, whether its memory is resident (mincore)."""
-    start, length = span(cache)
-    vec = ctypes.create_string_buffer(-(-length // PAGE))
-    assert LIBC.mincore(start, length, vec) == 0, ctypes.get_errno()
-    pages = np.frombuffer(vec.raw, dtype=np.uint8) & 1
-    first = (cache.states.ctypes.data - start) // PAGE  # row r spans pages first + r and (unaligned) the next one
-    return pages[first : first + cache.capacity].astype(bool)
+    """Per row of the cache (one page each), whether its memory is resident (mincore)."""
+    vec = ctypes.create_string_buffer(cache.capacity)
+    assert LIBC.mincore(cache.states.ctypes.data, cache.states.nbytes, vec) == 0, ctypes.get_errno()
+    return (np.frombuffer(vec.raw, dtype=np.uint8) & 1).astype(bool)
 
 
 def wait_for(predicate, timeout=10.0):
