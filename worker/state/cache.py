@@ -13,6 +13,8 @@ from typing import cast
 
 import numpy as np
 
+from worker.state.memory import zeroed_rows
+
 EntityId = tuple[int, bytes]  # (events partition, key): each partition is its own task
 
 
@@ -25,7 +27,7 @@ class StateCache:
 
     def __init__(self, capacity: int, state_dim: int) -> None:
         self.capacity = capacity
-        self.states = np.zeros((capacity, state_dim), dtype=np.float32)
+        self.states = zeroed_rows(capacity, state_dim)
         self.step = np.zeros(capacity, dtype=np.int64)
         self.src = np.full(capacity, -1, dtype=np.int64)
         self.ts = np.zeros(capacity, dtype=np.int64)
