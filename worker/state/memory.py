@@ -48,7 +48,11 @@ Madvise = Callable[[int, int, int], int]
 
 def zeroed_rows(rows: int, width: int) -> np.ndarray:
     """Float32 rows of zeros on a mapping of their own: untouched until written, in small pages."""
-    mapping = mmap.mmap(-1, max(1, rows * width * 4))  # anonymous: zero-filled, page-aligned
+    length = max(1, rows * width * 4)  # zero-filled, page-aligned
+    if hasattr(mmap, "MAP_PRIVATE"):  # POSIX, where an anonymous mapping is shared (shmem) by default
+        mapping = mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    else:
+        mapping = mmap.mmap(-1, length)
     if hasattr(mmap, "MADV_NOHUGEPAGE"):  # Linux; also where transparent huge pages are "always"
         mapping.madvise(mmap.MADV_NOHUGEPAGE)
     return np.frombuffer(mapping, dtype=np.float32, count=rows * width).reshape(rows, width)
