@@ -1,6 +1,6 @@
-"""The restore's memory (worker/state/memory.py): the prefault faults in the cache's rows ahead
-of the restore, never past the rows the restore can fill, and changes nothing they hold; the
-heap's free memory is given back after it.
+"""The restore's memory (worker/state/memory.py): the cache's rows are private memory in small
+pages; the prefault faults them in ahead of the restore, never past the rows the restore can
+fill, and changes nothing they hold; the heap's free memory is given back after it.
 
 Residency is read with mincore(2), so these run on Linux only.
 """

@@ -96,16 +96,12 @@ class TopicReader:
 
     def read_partitions(self, partitions: list[int]) -> Iterator[Record]:
         """Every record of the partitions, from the beginning to the end as of this call."""
-        for batch in self.read_partition_batches(partitions):
+        for batch in self.read_partition_batches(self.end_offsets(partitions)):
             yield from batch.rows()
 
-    def read_partition_batches(
-        self, partitions: list[int], offsets: dict[int, tuple[int, int]] | None = None
-    ) -> Iterator[Records]:
-        """The same, a consume() batch at a time (the restore decodes a batch together), up to
-        the `end_offsets` as of this call unless given."""
-        if offsets is None:
-            offsets = self.end_offsets(partitions)
+    def read_partition_batches(self, offsets: dict[int, tuple[int, int]]) -> Iterator[Records]:
+        """The records from each partition's low to its high watermark (`end_offsets`), a
+        consume() batch at a time (the restore decodes a batch together)."""
         ends = {p: high for p, (_, high) in offsets.items()}
         self._consumer.assign([TopicPartition(self.topic, p, low) for p, (low, _) in offsets.items()])
         for msgs in self._batches(ends):

@@ -27,7 +27,7 @@ class Restore:
         self._metrics = metrics
         self._started = time.monotonic()
         offsets = reader.end_offsets(sorted(partitions))
-        self._batches = reader.read_partition_batches(sorted(partitions), offsets)
+        self._batches = reader.read_partition_batches(offsets)
         self._prefault = Prefault(store.cache, sum(high - low for low, high in offsets.values()))
         self.count = 0
         store.begin_restore(partitions)
