@@ -20,6 +20,7 @@ from confluent_kafka import KafkaException
 
 from worker.config import BACKENDS, ENV_PREFIX, KafkaConfig, RunConfig, parse_kafka_overrides, redact_text
 from worker.errors import ConfigError, WorkerError
+from worker.heap import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +257,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     log.info("configuration: %r", config)  # KafkaConfig's repr hides secrets
     # wrong credentials or a missing group ACL stop the worker in a second, before TensorFlow loads
     check_client_access(config.kafka, config.group_id)
+    if not keep_freed_memory():  # before the imports and TensorFlow allocate
+        log.info("heap thresholds left as they are (not glibc, or set in the environment)")
     from worker.app import Worker
     from worker.metrics import HealthServer, Metrics
     from worker.model import StreamingTwin, check_features, fingerprint, load_model

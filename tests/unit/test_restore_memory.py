@@ -1,12 +1,11 @@
 """The restore's memory (worker/state/memory.py): the cache's rows are private memory in small
 pages; the prefault faults them in ahead of the restore, never past the rows the restore can
-fill, and changes nothing they hold; the heap's free memory is given back after it.
+fill, and changes nothing they hold.
 
 Residency is read with mincore(2), so these run on Linux only.
 """
 
 import ctypes
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -120,30 +119,3 @@ def test_what_the_rows_hold_is_unchanged():
     assert row == 0
     np.testing.assert_array_equal(cache.states[:10], 7.0)
     assert not cache.states[10:].any()
-
-
-FREED_HEAP = """
-import ctypes, sys
-from worker.state.memory import trim_heap
-libc = ctypes.CDLL(None)
-libc.malloc.restype = ctypes.c_void_p
-libc.malloc.argtypes = [ctypes.c_size_t]
-libc.free.argtypes = [ctypes.c_void_p]
-def rss():
-    return int(open("/proc/self/statm").read().split()[1]) * 4096
-blocks = [libc.malloc(64 << 10) for _ in range(1024)]  # 64 MB in the heap (below mmap's threshold)
-for b in blocks:
-    ctypes.memset(b, 1, 64 << 10)
-fence = libc.malloc(64 << 10)  # above them: the heap's top cannot shrink
-for b in blocks:
-    libc.free(b)
-kept = rss()
-assert trim_heap()
-print(kept - rss())
-"""
-
-
-@pytest.mark.skipif(not hasattr(LIBC, "malloc_trim"), reason="glibc's")
-def test_the_heaps_free_memory_is_given_back():
-    out = subprocess.run([sys.executable, "-c", FREED_HEAP], capture_output=True, text=True, check=True).stdout
-    assert int(out) > 48 << 20  # of the 64 MB freed but kept

@@ -1,5 +1,4 @@
-"""The restore's memory: the cache's rows in small pages, faulted in ahead of the restore; the
-heap's free memory given back after it.
+"""The restore's memory: the cache's rows in small pages, faulted in ahead of the restore.
 
 The cache's rows live on an anonymous mapping of their own (`zeroed_rows`), in 4 KB pages. NumPy
 asks Linux for 2 MB pages for any array over 4 MB; on the benchmark's VM, whose host backs the
@@ -15,9 +14,6 @@ without changing what they hold, and ctypes releases the GIL around the call, so
 used and never goes past the rows the restore can fill, so the worker's memory still grows with
 its keys. Elsewhere (another OS, an older kernel) it does nothing and the loop faults the rows
 in itself.
-
-The restore's fetch responses are freed into glibc's heap, which keeps them: `trim_heap` hands
-that memory back when the restore is done (glibc's `malloc_trim`; nothing elsewhere).
 """
 
 from __future__ import annotations
@@ -108,14 +104,3 @@ class Prefault:
                 log.debug("cache prefault stopped: madvise errno=%d", ctypes.get_errno())
                 return
             done += length
-
-
-def trim_heap() -> bool:
-    """Give the heap's free memory back to the kernel; False where the C library has no way."""
-    try:
-        malloc_trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return False
-    malloc_trim.argtypes = [ctypes.c_size_t]
-    malloc_trim(0)
-    return True

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import time
 
+from worker.heap import trim_heap
 from worker.kafka.reader import TopicReader
 from worker.metrics import Metrics
-from worker.state.memory import Prefault, trim_heap
+from worker.state.memory import Prefault
 from worker.state.store import StateStore
 
 log = logging.getLogger(__name__)
