@@ -110,7 +110,7 @@ def _add_run(sub: Any) -> None:
         p,
         "--commit-interval-ms",
         int,
-        help="time between commit points (default 5000 at least once, 1000 exactly once)",
+        help="time between commit points (default 30000 at least once, 1000 exactly once)",
     )
     _option(p, "--metrics-host", default="0.0.0.0", help="bind address of /metrics, /healthz, /readyz")
     _option(p, "--metrics-port", int, 9100, help="port of /metrics, /healthz, /readyz (0: none)")

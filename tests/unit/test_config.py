@@ -303,7 +303,7 @@ def test_round_keys_is_the_smaller_of_batch_keys_and_cache_keys(model_file, batc
 def test_commit_interval_defaults_by_guarantee_and_a_given_one_wins(model_file):
     """At least once, a longer interval means less state traffic; exactly once, it is the
     latency of the transaction's outputs."""
-    assert run_config(model_file).commit_interval_s == 5.0
+    assert run_config(model_file).commit_interval_s == 30.0
     assert run_config(model_file, processing_guarantee="exactly_once_v2").commit_interval_s == 1.0
     assert run_config(model_file, commit_interval_ms=250).commit_interval_s == 0.25
     exactly_once = run_config(model_file, processing_guarantee="exactly_once_v2", commit_interval_ms=3000)
