@@ -5,10 +5,11 @@ its state records (2.4 KB each of the reference model, 24 MB for 10,000 keys). g
 its threshold for mapping an allocation of its own (`mmap`) up to the largest one freed so
 far, and gives the top of its heap back to the kernel once over twice that, so whether a
 worker faults its round memory in again and again depended on which sizes it had freed
-first: in live runs at 25,500 events/s, 8 of 14 worker processes took 400-11,000 page faults
-a second on the loop thread and had p99 69-874 ms; with the thresholds fixed, every one of 7
-took under 20 a second (throwaway runs: BENCHMARKS.md analysis). On the benchmark's VM, whose
-host backs memory again only when it is touched, a fault costs far more than on bare metal.
+first: in live runs at 25,500 events/s, 14 of 24 worker processes took 426-11,183 page
+faults a second on the loop thread and had p99 69-874 ms (the others 35-89 ms); with the
+thresholds fixed, each of 15 took at most 61 a second (throwaway runs: BENCHMARKS.md
+analysis). On the benchmark's VM, whose host backs memory again only when it is touched, a
+fault costs far more than on bare metal.
 
 `keep_freed_memory` fixes both thresholds at start: allocations up to 32 MB (glibc's own
 ceiling for the moving threshold) come from the heap, and up to 128 MB of free memory at
