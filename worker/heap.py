@@ -15,8 +15,8 @@ fault costs far more than on bare metal.
 ceiling for the moving threshold) come from the heap, and up to 128 MB of free memory at
 its top is kept for the next round or commit point. `trim_heap` gives free memory back
 when a restore, which frees 2.4 GB of fetch responses, is done. Where the C library is not
-glibc, both do nothing; `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` or
-`GLIBC_TUNABLES` in the environment are the operator's choice, and win.
+glibc, both do nothing; `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` or malloc
+tunables in `GLIBC_TUNABLES` are the operator's choice, and win.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ M_TRIM_THRESHOLD = -1  # malloc.h
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 32 << 20
 TRIM_THRESHOLD_BYTES = 128 << 20
-_OPERATOR_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+_OPERATOR_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
 def _libc_function(name: str) -> Any:
@@ -42,7 +42,9 @@ def _libc_function(name: str) -> Any:
 
 def keep_freed_memory() -> bool:
     """Fix glibc's heap thresholds (above); False where left alone."""
-    if any(name in os.environ for name in _OPERATOR_SETTINGS):
+    if any(name in os.environ for name in _OPERATOR_SETTINGS) or "glibc.malloc." in os.environ.get(
+        "GLIBC_TUNABLES", ""
+    ):
         return False
     mallopt = _libc_function("mallopt")
     if mallopt is None:

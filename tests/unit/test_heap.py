@@ -76,7 +76,14 @@ def test_the_heaps_free_memory_is_given_back():
     assert run(FREED_HEAP) > 48 << 20  # of the 64 MB freed but kept
 
 
-@pytest.mark.parametrize("name", ["MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES"])
-def test_the_operators_malloc_settings_win(monkeypatch, name):
-    monkeypatch.setenv(name, "1")
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MALLOC_TRIM_THRESHOLD_", "1"),
+        ("MALLOC_MMAP_THRESHOLD_", "1"),
+        ("GLIBC_TUNABLES", "glibc.cpu.x86_shstk=0:glibc.malloc.trim_threshold=1"),
+    ],
+)
+def test_the_operators_malloc_settings_win(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
     assert not keep_freed_memory()
