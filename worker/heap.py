@@ -42,9 +42,8 @@ def _libc_function(name: str) -> Any:
 
 def keep_freed_memory() -> bool:
     """Fix glibc's heap thresholds (above); False where left alone."""
-    if any(name in os.environ for name in _OPERATOR_SETTINGS) or "glibc.malloc." in os.environ.get(
-        "GLIBC_TUNABLES", ""
-    ):
+    operator_set = any(name in os.environ for name in _OPERATOR_SETTINGS)
+    if operator_set or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     mallopt = _libc_function("mallopt")
     if mallopt is None:
