@@ -391,3 +391,19 @@ def test_prefix_rows_only_for_rows_longest_first_without_holes() -> None:
     holes[0, 1] = False  # a masked step inside a row (a Masking layer's)
     assert _prefix_rows(holes) is None
     assert _prefix_rows(mask([1, 1], steps=1)) is None  # one step: nothing to skip
+
+
+def test_numpy_activations_from_exp_are_exact_enough_and_saturate() -> None:
+    """The NumPy step takes sigmoid and tanh from exp: within float32 rounding of the true
+    values, and exactly at their limits where exp overflows (no NaN from inf / inf)."""
+    from worker.model.numpy_step import _sigmoid, _tanh
+
+    x = np.array([-1e30, -1e4, -100.0, -20.0, -3.0, -1e-8, 0.0, 1e-8, 0.5, 3.0, 20.0, 100.0, 1e4], np.float32)
+    wide = x.astype(np.float64)
+    with np.errstate(over="ignore"):
+        sigmoid, tanh = _sigmoid(x.copy()), _tanh(x.copy())
+    assert sigmoid.dtype == tanh.dtype == np.float32
+    np.testing.assert_allclose(sigmoid, 0.5 * np.tanh(wide / 2) + 0.5, atol=2e-7, rtol=0)
+    np.testing.assert_allclose(tanh, np.tanh(wide), atol=2e-7, rtol=0)
+    assert sigmoid[0] == 0.0 and sigmoid[-1] == 1.0
+    assert tanh[0] == -1.0 and tanh[-1] == 1.0
