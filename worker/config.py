@@ -87,8 +87,16 @@ class KafkaConfig:
         return f"KafkaConfig(bootstrap_servers={self.bootstrap_servers!r}, overrides={redact(dict(self.overrides))!r})"
 
     def common(self) -> dict[str, Any]:
-        # librdkafka's own log lines go through Python logging, formatted and filtered like ours
-        settings: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers, "logger": _LIBRDKAFKA_LOG}
+        settings: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            # librdkafka's own log lines go through Python logging, formatted and filtered like ours
+            "logger": _LIBRDKAFKA_LOG,
+            # an outage is waited out with backoff: librdkafka's re-bootstrap (its default since
+            # 2.10) loops while every broker is down: a new thread and a failed connection many
+            # times a second per client, each an ERROR line (README: "Reconnection backs off");
+            # without it the known brokers are retried, reconnect.backoff.ms doubling to 10 s
+            "metadata.recovery.strategy": "none",
+        }
         settings.update(self.overrides)
         return settings
 

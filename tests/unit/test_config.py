@@ -102,6 +102,17 @@ def test_overrides_reach_producer_and_consumer_but_not_the_protocol_settings():
     assert consumer["security.protocol"] == "SSL"
 
 
+def test_every_client_backs_off_in_an_outage_unless_rebootstrap_is_asked_for():
+    default = KafkaConfig("broker:9093")
+    for settings in (default.producer(), default.consumer("g1"), default.admin()):
+        assert settings["metadata.recovery.strategy"] == "none"
+    asked = KafkaConfig(
+        "broker:9093", parse_kafka_overrides([], {"LSTM_WORKER_KAFKA_METADATA_RECOVERY_STRATEGY": "rebootstrap"})
+    )
+    for settings in (asked.producer(), asked.consumer("g1"), asked.admin()):
+        assert settings["metadata.recovery.strategy"] == "rebootstrap"
+
+
 # --- redaction ----------------------------------------------------------------------------
 
 
