@@ -117,7 +117,8 @@ class Worker:
                     # loop, not counted): let the broker gather up to 64 KB for at most 5 ms
                     # instead (throwaway runs at 13,000 events/s live on this noisy machine,
                     # p99: 85-3,881 ms with it, 95-12,281 ms without; the worker fell behind in
-                    # one of four runs with it, two of four without)
+                    # one of four runs with it, two of four without). The price: ~200 fetches a
+                    # second even when idle (README, Capacity planning: "Broker requests")
                     "fetch.min.bytes": 65536,
                     "fetch.wait.max.ms": 5,
                     **({"group.instance.id": config.group_instance_id} if config.group_instance_id else {}),
