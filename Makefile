@@ -8,10 +8,10 @@ export KAFKA_PORT
 # apt-get needs root: CI runs as root, a developer's machine may need sudo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help venv tools broker broker-stop lint test unit integration demo bench fuzz rules clean
+.PHONY: help venv tools broker broker-stop cluster cluster-stop lint test test-open unit integration demo bench fuzz rules clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,10 +21,10 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## create .venv with the worker, its dev tools and the demo's plotting
 
-tools: ## install what the deployment checks run besides Python: promtool and prometheus (Debian's package)
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+tools: ## install what the tests run besides Python: promtool and prometheus, nft for the network faults (Debian's)
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v nft >/dev/null || { \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus nftables >/dev/null; }
 	@promtool --version 2>&1 | head -1
 
 broker: ## start the local Kafka (KRaft, loopback) in the background; prints its address
@@ -32,6 +32,12 @@ broker: ## start the local Kafka (KRaft, loopback) in the background; prints its
 
 broker-stop: ## stop the local Kafka (its data stays under .cache/)
 	@deploy/kafka/stop.sh
+
+cluster: ## start a three-node Kafka cluster (KRaft, loopback, RF 3) in the background; prints its addresses
+	@deploy/kafka/cluster.sh
+
+cluster-stop: ## stop the three-node cluster (its data stays under .cache/)
+	@deploy/kafka/cluster-stop.sh
 
 lint: venv ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check worker tests
@@ -46,6 +52,7 @@ integration: venv tools ## integration tests (start their own broker unless KAFK
 
 test: venv tools lint ## everything CI runs: lint, unit and integration tests against a real broker
 	deploy/kafka/fetch.sh >/dev/null
+	deploy/toxiproxy/fetch.sh >/dev/null
 	$(BIN)/pytest tests -q
 
 demo: venv ## broker, model, two workers, 50k events with a live progress line, verification, PNG plot
@@ -66,6 +73,10 @@ bench: venv ## the benchmark issue's six parts on a local broker into BENCHMARKS
 	  --bootstrap-servers "$$bootstrap" --broker-pid "$$(cat $$pid)" --load-nice $(BENCH_NICE) $(BENCH_ARGS); rc=$$?; \
 	if [[ $$started == yes ]]; then KAFKA_PORT=$$port deploy/kafka/stop.sh >/dev/null; fi; \
 	exit $$rc
+
+test-open: venv tools ## the tests of the open defects docs/fault-tolerance.md lists (they fail until fixed)
+	deploy/toxiproxy/fetch.sh >/dev/null
+	$(BIN)/pytest tests -q -m open_defect
 
 FUZZ_SECONDS ?= 300
 fuzz: venv ## fuzz the wire-format decoders with atheris for FUZZ_SECONDS (300)

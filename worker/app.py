@@ -13,6 +13,7 @@ import gc
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -30,6 +31,7 @@ from worker.rounds import RoundRunner, StepModel
 from worker.state.cache import EntityId, StateCache
 from worker.state.restore import Restore
 from worker.state.store import StateStore
+from worker.watchdog import MARGIN_S, guard
 
 log = logging.getLogger(__name__)
 _RESTORE_SLICE = 20_000  # state records per loop iteration while restoring (about 0.2 s)
@@ -42,6 +44,24 @@ _RESTORE_SLICE = 20_000  # state records per loop iteration while restoring (abo
 # effect: 320 and 353 ms at 512; 109, 249, 787 and 2,584 ms at 64; 199 and 226 ms at 16)
 _STATE_WRITE_SLICE = 32
 _NO_KEY = ("no_key", "a record without a key cannot have state")
+_GAUGES_EVERY_S = 2.0  # consumer lag and cache gauges between commit points (cached watermarks: no request)
+_CLOSE_LIMIT_S = 60.0  # a client's close (a consumer's includes leaving the group)
+_SYNC_COMMIT_LIMIT_S = 60.0  # a synchronous offset commit, which has no timeout of its own
+_ABORT_ON_FAILURE_S = 10.0  # the best-effort abort of the open transaction on the way out after a failure
+
+
+def transaction_offsets(
+    positions: Mapping[int, int], committed: Mapping[int, int], carries_records: bool
+) -> dict[int, int]:
+    """The input offsets a transaction sends, per assigned partition: `positions` (the lowest
+    event not processed yet, where known) that differ from `committed`; and when the transaction
+    carries any record, every partition with a known position, changed or not. Sending offsets is
+    what makes the group coordinator check the member's generation (KIP-447): without them a
+    member that lost its partitions could still commit states, tombstones or dead letters for
+    them. A transaction with no record and no changed offset has nothing to fence."""
+    if carries_records:
+        return {**committed, **positions}
+    return {p: offset for p, offset in positions.items() if committed.get(p) != offset}
 
 
 class Worker:
@@ -58,6 +78,7 @@ class Worker:
             output_topic=config.output_topic,
             state_topic=config.state_topic,
             dlq_topic=config.dlq_topic,
+            replication_factor=config.replication_factor,
         )
         kafka = config.kafka
         # states of aborted transactions are never read (librdkafka's default, stated on purpose)
@@ -160,7 +181,8 @@ class Worker:
     # -- lifecycle ------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask the loop to finish its round, commit and leave (safe from a signal handler)."""
+        """Ask the loop to finish its round, commit and leave (safe from any thread: the stop-signal
+        thread calls it while the loop may be blocked in a client call)."""
         self._stopping = True
 
     def ready(self) -> bool:
@@ -179,6 +201,7 @@ class Worker:
             self.fingerprint,
         )
         next_commit = time.monotonic() + cfg.commit_interval_s
+        next_gauges = 0.0
         # TensorFlow and Keras leave ~300k long-lived objects; a full garbage collection walks
         # them all (150-500 ms, a latency spike every few seconds). They never become garbage:
         # move them out of the collector's sight.
@@ -205,20 +228,29 @@ class Worker:
                     self.store.write_queued_share(self.producer, cfg.state_topic, share, _STATE_WRITE_SLICE)
                     self._commit_acknowledged()
                 clock.lap("produce")
-                if time.monotonic() >= next_commit:
+                now = time.monotonic()
+                if now >= next_commit:
                     self._commit_point()
                     next_commit = time.monotonic() + cfg.commit_interval_s
                     clock.lap("commit")
+                elif now >= next_gauges:  # the lag as it is, not as of the last commit point
+                    self._update_gauges()
+                    next_gauges = now + _GAUGES_EVERY_S
             self._commit_point(wait=True)
         except BaseException:
             self._failed = True  # leaving the group must not commit past what failed
+            if self._eos:  # read_committed readers would otherwise wait for the transaction's timeout
+                self.producer.abort_open(_ABORT_ON_FAILURE_S)
             raise
         finally:
             if self._restore_job is not None:
-                self._restore_job.close()
-            self.consumer.close()
-            self.store.reader.close()
-            self._restore_reader.close()
+                with guard("restore reader close", _CLOSE_LIMIT_S):
+                    self._restore_job.close()
+            with guard("consumer.close", _CLOSE_LIMIT_S):
+                self.consumer.close()
+            with guard("state reader close", _CLOSE_LIMIT_S):
+                self.store.reader.close()
+                self._restore_reader.close()
             log.info("worker stopped")
 
     def _poll(self, round_due: bool) -> list[Message]:
@@ -415,15 +447,15 @@ class Worker:
         if expired:
             log.info("expired idle keys=%d ttl_s=%s", expired, ttl_s)
 
+    def _positions(self) -> dict[int, int]:
+        """Per assigned partition with events consumed, the lowest event not processed yet."""
+        pending = self.batcher.min_pending_offsets()
+        return {p: pending.get(p, nxt) for p, nxt in self._next_offset.items() if p in self._assigned}
+
     def _offsets_to_commit(self) -> list[TopicPartition]:
         """Per partition, the lowest event not processed yet (where changed since the last commit)."""
-        pending = self.batcher.min_pending_offsets()
-        offsets = {p: pending.get(p, nxt) for p, nxt in self._next_offset.items() if p in self._assigned}
-        return [
-            TopicPartition(self.config.input_topic, p, off)
-            for p, off in offsets.items()
-            if self._committed.get(p) != off
-        ]
+        topic = self.config.input_topic
+        return [TopicPartition(topic, p, off) for p, off in self._positions().items() if self._committed.get(p) != off]
 
     def _commit_offsets(self, wait: bool) -> None:
         """At least once, pipelined: flush (the predictions, and the states queued at the
@@ -461,7 +493,9 @@ class Worker:
         offsets, self._pending_offsets = self._pending_offsets, []
         try:
             if wait:
-                self._committed_offsets(None, self.consumer.commit(offsets=offsets, asynchronous=False) or [])
+                with guard("consumer.commit (synchronous)", _SYNC_COMMIT_LIMIT_S):
+                    done = self.consumer.commit(offsets=offsets, asynchronous=False)
+                self._committed_offsets(None, done or [])
             else:
                 self._commit_in_flight = True
                 self.consumer.commit(offsets=offsets, asynchronous=True)
@@ -474,7 +508,8 @@ class Worker:
         """Exactly once: predictions, dead letters, states and input offsets in one transaction."""
         topic = self.config.state_topic
         self.store.write_dirty(self.producer, topic)
-        changed = self._offsets_to_commit()
+        sent = transaction_offsets(self._positions(), self._committed, self.producer.carries_records)
+        changed = [TopicPartition(self.config.input_topic, p, offset) for p, offset in sent.items()]
         try:
             self.producer.commit(changed, self.consumer.consumer_group_metadata())
         except (KafkaException, KafkaDeliveryError) as exc:
@@ -507,7 +542,8 @@ class Worker:
         self._drop(partitions)
         if not partitions:
             return
-        committed = self.consumer.committed([TopicPartition(self.config.input_topic, p) for p in partitions], 30.0)
+        with guard("consumer.committed", 30.0 + MARGIN_S):
+            committed = self.consumer.committed([TopicPartition(self.config.input_topic, p) for p in partitions], 30.0)
         self.consumer.pause(committed)
         for tp in committed:
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
@@ -526,13 +562,23 @@ class Worker:
                 self._committed[tp.partition] = tp.offset
 
     def _update_gauges(self) -> None:
+        """Cache sizes; per partition, the high watermark of the latest fetch (cached: no request)
+        minus the consumer's position, which steps over transaction markers where the offset after
+        the last record consumed would stay behind them."""
         cache = self.store.cache
         self.metrics.cache_keys.set(len(cache))
         self.metrics.cache_bytes.set(cache.nbytes)
-        for p in self._assigned:
+        if not self._assigned:
+            return
+        topic = self.config.input_topic
+        try:
+            positions = self.consumer.position([TopicPartition(topic, p) for p in self._assigned])
+        except KafkaException:
+            return
+        for tp in positions:
             try:
-                _, high = self.consumer.get_watermark_offsets(TopicPartition(self.config.input_topic, p), cached=True)
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
             except KafkaException:
                 continue
-            if high >= 0 and p in self._next_offset:
-                self.metrics.consumer_lag.labels(str(p)).set(max(0, high - self._next_offset[p]))
+            if high >= 0 and tp.offset >= 0:
+                self.metrics.consumer_lag.labels(str(tp.partition)).set(max(0, high - tp.offset))

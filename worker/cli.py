@@ -11,7 +11,6 @@ import dataclasses
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -99,6 +98,13 @@ def _add_run(sub: Any) -> None:
     _option(p, "--output-topic", required=True, help="predictions topic (created if missing)")
     _option(p, "--state-topic", help="compacted state topic (default INPUT.state)")
     _option(p, "--dlq-topic", help="dead-letter topic (default INPUT.dlq)")
+    _option(
+        p,
+        "--replication-factor",
+        int,
+        0,
+        help="replicas of the output, state and dead-letter topics the worker creates (0: the input topic's)",
+    )
     _option(p, "--group-id", default="lstm-worker", help="consumer group")
     _option(p, "--max-batch-keys", int, 1024, help="keys per model round")
     _option(p, "--max-delay-ms", int, 5, help="how long the oldest pending event may wait for a fuller round")
@@ -156,6 +162,14 @@ def _add_run(sub: Any) -> None:
         0.0,
         dest="state_ttl_s",
         help="seconds of stream time after which an idle key's state is deleted; 0: never",
+    )
+    _option(
+        p,
+        "--shutdown-timeout-s",
+        float,
+        30.0,
+        help="after SIGTERM/SIGINT, seconds to finish the round, flush and commit; past it the worker exits 75 "
+        "without committing what the brokers did not acknowledge (keep it below the orchestrator's grace period)",
     )
     _option(p, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
@@ -244,6 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from worker.shutdown import stop_signals_blocked
+
+    # before any client or library starts a thread: every thread inherits the mask, and only
+    # the stop-signal thread takes SIGTERM/SIGINT, whatever the loop is blocked in
+    with stop_signals_blocked():
+        return _run_worker(args)
+
+
+def _run_worker(args: argparse.Namespace) -> int:
     from worker.kafka.access import check_client_access
 
     derived = {"kafka", "model_path", "state_topic", "dlq_topic"}
@@ -262,18 +285,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from worker.app import Worker
     from worker.metrics import HealthServer, Metrics
     from worker.model import StreamingTwin, check_features, fingerprint, load_model
+    from worker.shutdown import StopSignals
+    from worker.watchdog import WATCHDOG
 
     model = load_model(config.model_path)
     twin = StreamingTwin.from_model(model, config.backend)
     check_features(twin.features, config.features, config.model_path)
     metrics = Metrics()
+    WATCHDOG.start()  # from here every blocking client call is bounded (worker/watchdog.py)
     worker = Worker(config, twin, fingerprint(model), metrics)
     server = None
     if config.metrics_port:
         server = HealthServer(metrics, worker.ready, config.metrics_host, config.metrics_port)
         server.start()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: worker.stop())
+    # a signal that came during the start-up was pending: it stops the worker at once
+    StopSignals(config.shutdown_timeout_s).start(worker.stop)
     try:
         worker.run()
     finally:

@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from worker.errors import ConfigError
@@ -19,16 +20,31 @@ ENV_PREFIX = "LSTM_WORKER_"
 _LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
 KAFKA_ENV_PREFIX = ENV_PREFIX + "KAFKA_"
 
-# librdkafka settings the worker owns: overriding them would break the commit protocol.
-_RESERVED_KAFKA_KEYS = frozenset(
+# librdkafka settings the worker owns, each with why: -X or LSTM_WORKER_KAFKA_* may not change them.
+# Every other key the worker sets is tuning that -X wins over (linger.ms, compression.type, fetch
+# sizes and waits, session.timeout.ms, heartbeat.interval.ms, auto.offset.reset: where a new group
+# starts, metadata.recovery.strategy, transaction.timeout.ms, queue.buffering.max.*).
+PROTOCOL_KAFKA_KEYS: Mapping[str, str] = MappingProxyType(
     {
-        "enable.auto.commit",
-        "enable.auto.offset.store",
-        "group.id",
-        "enable.idempotence",
-        "acks",
-        "request.required.acks",
-        "partition.assignment.strategy",
+        "bootstrap.servers": "given by --bootstrap-servers, which the start-up messages name",
+        "group.id": "given by --group-id; the state readers' group id and the transactional ids derive from it",
+        "group.instance.id": "given by --group-instance-id; the transactional id derives from it",
+        "enable.auto.commit": "offsets are committed by hand, only once the outputs they cover are durable",
+        "enable.auto.offset.store": "offsets are stored by hand, only once the outputs they cover are durable",
+        "partition.assignment.strategy": "the rebalance handlers rely on incremental (cooperative-sticky) assignment",
+        "isolation.level": "the state restore must never read aborted states",
+        "enable.partition.eof": "the state readers find the end of a partition by it",
+        "enable.idempotence": "a retried produce must not duplicate or reorder a partition's records",
+        "acks": "a record counts as written only once every in-sync replica has it (all)",
+        "request.required.acks": "alias of acks: a record counts as written only once every in-sync replica has it",
+        "transactional.id": "derived from --group-id and --group-instance-id; exactly once fences stale members by it",
+        "message.timeout.ms": "at least once waits out broker outages: a queued record must never expire (0)",
+        "delivery.timeout.ms": "alias of message.timeout.ms: a queued record must never expire (0)",
+        "delivery.report.only.error": "the state index needs every state record's delivery report",
+        "on_delivery": "the worker's delivery callback tracks failures and the state records' offsets",
+        "on_commit": "the worker's commit callback tracks the committed offsets",
+        "error_cb": "the start-up check watches it for refused credentials and TLS handshakes",
+        "logger": "librdkafka's log lines go through the worker's logging (--log-level, -X debug=...)",
     }
 )
 
@@ -36,9 +52,12 @@ _RESERVED_KAFKA_KEYS = frozenset(
 def parse_kafka_overrides(pairs: list[str], environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     """Merge `LSTM_WORKER_KAFKA_*` variables and `-X key=value` flags (flags win)."""
     merged: dict[str, str] = {}
+    given_as: dict[str, str] = {}  # key -> how the user gave it, for the refusal message
     for name, value in environ.items():
         if name.startswith(KAFKA_ENV_PREFIX) and len(name) > len(KAFKA_ENV_PREFIX):
-            merged[name[len(KAFKA_ENV_PREFIX) :].lower().replace("_", ".")] = value
+            key = name[len(KAFKA_ENV_PREFIX) :].lower().replace("_", ".")
+            merged[key] = value
+            given_as[key] = f"{name} ({key})"
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
@@ -46,9 +65,12 @@ def parse_kafka_overrides(pairs: list[str], environ: Mapping[str, str]) -> tuple
             shown = "'=...'" if sep else ("<a secret setting, hidden>" if is_secret(pair) else repr(pair))
             raise ConfigError(f"-X {shown}: expected key=value, e.g. -X security.protocol=SASL_SSL")
         merged[key.strip()] = value
-    reserved = sorted(_RESERVED_KAFKA_KEYS & merged.keys())
-    if reserved:
-        raise ConfigError(f"-X {', '.join(reserved)}: set by the worker itself (commit protocol); remove it")
+        given_as[key.strip()] = f"-X {key.strip()}"
+    # keys only, never a value: a refused key is no secret, its value may be
+    refused = sorted(k for k in merged if k.lower() in PROTOCOL_KAFKA_KEYS)
+    if refused:
+        reasons = (f"{given_as[k]}: set by the worker ({PROTOCOL_KAFKA_KEYS[k.lower()]}); remove it" for k in refused)
+        raise ConfigError("; ".join(reasons))
     return tuple(sorted(merged.items()))
 
 
@@ -175,6 +197,8 @@ class RunConfig:
     state_ttl_s: float = 0.0
     features: int = 0  # what producers send; 0: whatever the model takes
     backend: str = "auto"  # one of BACKENDS
+    shutdown_timeout_s: float = 30.0  # after SIGTERM; below the orchestrators' grace periods (60 s)
+    replication_factor: int = 0  # of the topics the worker creates; 0: the input topic's
 
     def __post_init__(self) -> None:
         positive = {
@@ -197,6 +221,12 @@ class RunConfig:
             )
         if self.state_ttl_s < 0:
             raise ConfigError(f"--state-ttl must be 0 (keep states forever) or more seconds, got {self.state_ttl_s}")
+        if self.replication_factor < 0:
+            raise ConfigError(
+                f"--replication-factor must be 0 (the input topic's) or a replica count, got {self.replication_factor}"
+            )
+        if not self.shutdown_timeout_s > 0:  # also refuses NaN
+            raise ConfigError(f"--shutdown-timeout-s must be more than 0 seconds, got {self.shutdown_timeout_s}")
         if self.features < 0:
             raise ConfigError(f"--features must be 0 (the model's) or the events' feature count, got {self.features}")
         if self.backend not in BACKENDS:

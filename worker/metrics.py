@@ -107,6 +107,12 @@ class Metrics:
         self.restore_records = Counter(
             p + "restore_records", "State records read while restoring partitions", registry=r
         )
+        self.stale_state_records = Counter(
+            p + "stale_state_records",
+            "State records ignored at restore: older (lower src offset) than one read for their key, "
+            "written late by a member that had lost the partition",
+            registry=r,
+        )
         self.restoring_partitions = Gauge(
             p + "restoring_partitions", "Assigned partitions whose state is being restored (paused)", registry=r
         )

@@ -10,6 +10,8 @@
 # Prints the bootstrap address once the broker answers.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=deploy/kafka/node.sh
+source "$here/node.sh"
 repo="$(cd "$here/../.." && pwd)"
 port="${KAFKA_PORT:-9092}"
 cport="${KAFKA_CONTROLLER_PORT:-$((port + 1))}"
@@ -29,35 +31,14 @@ if [[ "$security" == sasl && -n "${KAFKA_SSL_PORT:-}" ]]; then
   protocol_map+=",SASL_SSL:SASL_SSL"
 fi
 
-if [[ -f "$dir/pid" ]] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
+if kafka_running "$dir"; then
   echo "127.0.0.1:$port"
   exit 0
 fi
 libs="$("$here/fetch.sh")"
-cat > "$dir/server.properties" <<PROPS
-process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:$cport
-listeners=$client_listeners,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=$client_listeners
-controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,$protocol_map
-inter.broker.listener.name=$listener
-log.dirs=$dir/data
-num.partitions=1
-default.replication.factor=1
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=4
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=4
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-log.cleaner.backoff.ms=1000
-auto.create.topics.enable=false
-PROPS
-format_args=()
+kafka_properties 1 "$dir" "$client_listeners" "$client_listeners" "$protocol_map" "$listener" \
+  "controller.quorum.bootstrap.servers=127.0.0.1:$cport" 1 1 "$cport" >"$dir/server.properties"
+format_args=(--standalone)
 if [[ "$security" == sasl ]]; then
   # shellcheck source=deploy/kafka/sasl.sh
   source "$here/sasl.sh"
@@ -69,26 +50,14 @@ if [[ "$security" == sasl ]]; then
   fi
   for credential in $(scram_credentials); do format_args+=(--add-scram "$credential"); done
 fi
-java_opts=(-Xms256m "-Xmx${KAFKA_HEAP:-512m}" -XX:+UseG1GC -Djava.awt.headless=true
-  "-Dlog4j2.configurationFile=$here/log4j2.properties" "-Dkafka.logs.dir=$dir")
 if [[ ! -f "$dir/data/meta.properties" ]]; then
-  cluster_id="$(java -cp "$libs/*" kafka.tools.StorageTool random-uuid 2>/dev/null)"
-  java "${java_opts[@]}" -cp "$libs/*" kafka.tools.StorageTool format --standalone \
-      -t "$cluster_id" -c "$dir/server.properties" "${format_args[@]}" >"$dir/format.log" 2>&1 \
-    || { echo "start.sh: formatting KRaft storage failed, see $dir/format.log" >&2; cat "$dir/format.log" >&2; exit 1; }
+  kafka_format "$libs" "$dir" start.sh "$(java -cp "$libs/*" kafka.tools.StorageTool random-uuid 2>/dev/null)" \
+    "${format_args[@]}" || exit 1
 fi
-nohup nice -n "${KAFKA_NICE:-0}" java "${java_opts[@]}" -cp "$libs/*" kafka.Kafka "$dir/server.properties" \
-  >"$dir/stdout.log" 2>&1 </dev/null &
-echo $! >"$dir/pid"
+kafka_launch "$libs" "$dir"
 
 for _ in $(seq 1 120); do
-  if ! kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
-    echo "start.sh: the broker exited; last lines of $dir/server.log:" >&2
-    tail -n 30 "$dir/server.log" "$dir/stdout.log" >&2 || true
-    exit 1
-  fi
-  if grep -q "Kafka Server started" "$dir/server.log" 2>/dev/null \
-     && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+  if kafka_started "$dir" "$port" start.sh; then
     echo "127.0.0.1:$port"
     exit 0
   fi

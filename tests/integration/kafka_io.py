@@ -18,6 +18,7 @@ class Record:
     key: bytes | None
     value: bytes | None
     headers: dict[str, bytes]
+    timestamp: int = -1  # ms; the producer's create time, or the broker's log append time
 
 
 def produce(kafka: KafkaConfig, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
@@ -48,7 +49,7 @@ def read_all(kafka: KafkaConfig, topic: str, timeout: float = 30.0) -> list[Reco
                     continue
                 at_end.discard(m.partition())
                 headers = {k: v for k, v in (m.headers() or [])}
-                records.append(Record(m.partition(), m.offset(), m.key(), m.value(), headers))
+                records.append(Record(m.partition(), m.offset(), m.key(), m.value(), headers, m.timestamp()[1]))
     finally:
         consumer.close()
     return sorted(records, key=lambda r: (r.partition, r.offset))

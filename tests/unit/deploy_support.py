@@ -26,6 +26,9 @@ COMPOSE = REPO / "docker-compose.yml"
 K8S = DEPLOY / "kubernetes"
 PROMETHEUS = DEPLOY / "prometheus"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "lstm-worker.json"
+# past --shutdown-timeout-s the watchdog notices within a fraction of a second and the process
+# exits at once; a few seconds more cover a busy node
+SHUTDOWN_EXIT_MARGIN_S = 5
 
 
 def load_yaml(path: Path) -> Any:

@@ -8,7 +8,15 @@ import os
 import pytest
 
 from worker.cli import build_parser, main
-from worker.config import KafkaConfig, RunConfig, is_secret, parse_kafka_overrides, redact, redact_text
+from worker.config import (
+    PROTOCOL_KAFKA_KEYS,
+    KafkaConfig,
+    RunConfig,
+    is_secret,
+    parse_kafka_overrides,
+    redact,
+    redact_text,
+)
 from worker.errors import AuthError, ConfigError
 
 RUN_ARGS = ["run", "--model", "m.keras", "--input-topic", "events", "--output-topic", "preds"]
@@ -87,6 +95,91 @@ def test_reserved_key_by_flag_is_refused(key):
 def test_reserved_key_by_env_is_refused():
     with pytest.raises(ConfigError, match=r"enable\.auto\.commit"):
         parse_kafka_overrides([], {"LSTM_WORKER_KAFKA_ENABLE_AUTO_COMMIT": "true"})
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        ("isolation.level", "the state restore must never read aborted states"),
+        ("transactional.id", "exactly once fences stale members"),
+        ("message.timeout.ms", "must never expire"),
+        ("delivery.timeout.ms", "alias of message.timeout.ms"),
+        ("enable.partition.eof", "end of a partition"),
+        ("delivery.report.only.error", "every state record's delivery report"),
+        ("on_delivery", "delivery callback"),
+        ("on_commit", "commit callback"),
+        ("group.instance.id", "--group-instance-id"),
+        ("bootstrap.servers", "--bootstrap-servers"),
+    ],
+)
+def test_protocol_owned_key_is_refused_with_its_reason(key, reason):
+    with pytest.raises(ConfigError) as info:
+        parse_kafka_overrides([f"{key}=x"], {})
+    message = str(info.value)
+    assert message.startswith(f"-X {key}: set by the worker (") and message.endswith("); remove it"), message
+    assert reason in message
+
+
+def test_refusal_message_reads_as_documented():
+    with pytest.raises(ConfigError) as info:
+        parse_kafka_overrides(["isolation.level=read_uncommitted"], {})
+    assert str(info.value) == (
+        "-X isolation.level: set by the worker (the state restore must never read aborted states); remove it"
+    )
+
+
+def test_protocol_owned_key_by_env_names_the_variable():
+    with pytest.raises(ConfigError) as info:
+        parse_kafka_overrides([], {"LSTM_WORKER_KAFKA_ISOLATION_LEVEL": "read_uncommitted"})
+    assert str(info.value).startswith("LSTM_WORKER_KAFKA_ISOLATION_LEVEL (isolation.level): set by the worker (")
+    assert "read_uncommitted" not in str(info.value)
+
+
+def test_every_refused_key_is_listed_with_its_own_reason_and_no_value():
+    environ = {"LSTM_WORKER_KAFKA_MESSAGE_TIMEOUT_MS": "60000", "LSTM_WORKER_KAFKA_SASL_PASSWORD": "hunter2"}
+    with pytest.raises(ConfigError) as info:
+        parse_kafka_overrides(["Isolation.Level=hunter2", "transactional.id=hunter2", "linger.ms=9"], environ)
+    parts = str(info.value).split("; remove it")
+    assert len(parts) == 4 and parts[-1] == "", str(info.value)  # three keys, each with its reason
+    assert "-X Isolation.Level: set by the worker (" in parts[0]
+    assert "LSTM_WORKER_KAFKA_MESSAGE_TIMEOUT_MS (message.timeout.ms)" in parts[1]
+    assert "-X transactional.id" in parts[2]
+    assert "hunter2" not in str(info.value) and "60000" not in str(info.value) and "linger" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "pair",
+    [
+        "auto.offset.reset=latest",
+        "queue.buffering.max.messages=100000",
+        "transaction.timeout.ms=10000",
+        "session.timeout.ms=45000",
+        "heartbeat.interval.ms=3000",
+        "metadata.recovery.strategy=rebootstrap",
+        "linger.ms=20",
+        "compression.type=lz4",
+        "fetch.min.bytes=1",
+    ],
+)
+def test_tuning_keys_pass(pair):
+    key, _, value = pair.partition("=")
+    assert dict(parse_kafka_overrides([pair], {}))[key] == value
+
+
+def test_every_key_the_client_settings_carry_is_classified():
+    """A key the worker starts setting must be decided on: protocol-owned (refused) or tuning."""
+    tuning = {
+        "linger.ms",
+        "queue.buffering.max.messages",
+        "queue.buffering.max.kbytes",
+        "compression.type",
+        "auto.offset.reset",
+        "metadata.recovery.strategy",
+    }
+    kafka = KafkaConfig("b:9092")
+    carried = {*kafka.producer(), *kafka.consumer("g"), *kafka.admin()}
+    assert carried - tuning - set(PROTOCOL_KAFKA_KEYS) == set()
+    assert not tuning & set(PROTOCOL_KAFKA_KEYS)
 
 
 def test_overrides_reach_producer_and_consumer_but_not_the_protocol_settings():
@@ -235,12 +328,12 @@ def test_commands_run_the_blas_on_one_thread_unless_told_otherwise(model_file, m
 
 
 def test_x_settings_win_over_the_workers_tuning():
-    kafka = KafkaConfig("b:9092", (("session.timeout.ms", "45000"), ("message.timeout.ms", "60000")))
+    kafka = KafkaConfig("b:9092", (("session.timeout.ms", "45000"), ("linger.ms", "50")))
     assert (
         kafka.consumer("g", **{"session.timeout.ms": 10000, "fetch.wait.max.ms": 20})["session.timeout.ms"] == "45000"
     )
     assert kafka.consumer("g", **{"fetch.wait.max.ms": 20})["fetch.wait.max.ms"] == 20
-    assert kafka.producer(**{"message.timeout.ms": 0})["message.timeout.ms"] == "60000"
+    assert kafka.producer(**{"linger.ms": 0})["linger.ms"] == "50"
 
 
 # --- RunConfig ----------------------------------------------------------------------------
@@ -266,6 +359,7 @@ def test_valid_run_config_and_defaults(model_file):
         ("metrics_port", -1, "--metrics-port"),
         ("metrics_port", 65536, "--metrics-port"),
         ("backend", "jax", "--backend"),
+        ("replication_factor", -1, "--replication-factor"),
     ],
 )
 def test_bad_value_is_config_error_naming_the_flag(model_file, field, value, flag):
@@ -275,7 +369,15 @@ def test_bad_value_is_config_error_naming_the_flag(model_file, field, value, fla
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("max_delay_ms", 0), ("metrics_port", 0), ("metrics_port", 65535), ("max_batch_keys", 1), ("cache_keys", 1)],
+    [
+        ("max_delay_ms", 0),
+        ("metrics_port", 0),
+        ("metrics_port", 65535),
+        ("max_batch_keys", 1),
+        ("cache_keys", 1),
+        ("replication_factor", 0),
+        ("replication_factor", 3),
+    ],
 )
 def test_boundary_values_are_accepted(model_file, field, value):
     assert getattr(run_config(model_file, **{field: value}), field) == value
@@ -348,6 +450,13 @@ def test_env_variable_is_the_default(monkeypatch):
     assert args.max_steps == 7
     assert args.bootstrap_servers == "kafka-1:9092,kafka-2:9092"
     assert args.state_topic == "custom.state"
+
+
+def test_replication_factor_defaults_to_the_inputs_and_reads_its_variable(monkeypatch):
+    assert build_parser().parse_args(RUN_ARGS).replication_factor == 0
+    monkeypatch.setenv("LSTM_WORKER_REPLICATION_FACTOR", "3")
+    assert build_parser().parse_args(RUN_ARGS).replication_factor == 3
+    assert build_parser().parse_args([*RUN_ARGS, "--replication-factor", "2"]).replication_factor == 2
 
 
 def test_flag_overrides_env(monkeypatch):

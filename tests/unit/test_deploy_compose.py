@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.deploy_support import COMPOSE, DEPLOY, REPO, check_worker_env, load_yaml
+from tests.unit.deploy_support import COMPOSE, DEPLOY, REPO, SHUTDOWN_EXIT_MARGIN_S, check_worker_env, load_yaml
 
 
 def check_compose_schema(path: Path) -> subprocess.CompletedProcess[str]:
@@ -44,6 +44,14 @@ def test_schema_check_rejects_a_broken_compose_file(tmp_path, compose):
     result = check_compose_schema(path)
     assert result.returncode != 0
     assert "enviroment" in result.stdout + result.stderr
+
+
+def test_the_workers_shutdown_bound_ends_before_composes_sigkill(compose, monkeypatch):
+    worker = compose["services"]["worker"]
+    timeout_s = check_worker_env(worker["environment"], monkeypatch, worker["command"]).shutdown_timeout_s
+    grace = re.fullmatch(r"(\d+)s", worker["stop_grace_period"])
+    assert grace, f"stop_grace_period {worker['stop_grace_period']!r}: expected seconds, e.g. 60s"
+    assert int(grace.group(1)) >= timeout_s + SHUTDOWN_EXIT_MARGIN_S
 
 
 def test_worker_environment_names_real_options_with_valid_values(compose, monkeypatch):

@@ -18,7 +18,15 @@ import kubernetes_validate
 import pytest
 from referencing import Registry, Resource
 
-from tests.unit.deploy_support import DEPLOY, K8S, PROMETHEUS, check_worker_env, load_yaml, load_yaml_docs
+from tests.unit.deploy_support import (
+    DEPLOY,
+    K8S,
+    PROMETHEUS,
+    SHUTDOWN_EXIT_MARGIN_S,
+    check_worker_env,
+    load_yaml,
+    load_yaml_docs,
+)
 from worker.metrics import HealthServer, Metrics
 
 KUBERNETES_VERSIONS = ("1.29", "1.37")  # oldest and newest validated
@@ -211,11 +219,13 @@ def test_probe_paths_are_real_endpoints_of_the_worker(k8s):
         server.stop()
 
 
-def test_shutdown_has_time_to_flush_and_commit(k8s):
+def test_the_workers_shutdown_bound_ends_before_the_kubelets_sigkill(k8s, monkeypatch):
+    """The worker's own deadline (exit 75, with a log line that says why) must come first: a
+    SIGKILL at terminationGracePeriodSeconds says nothing."""
     pod = k8s["Deployment"]["spec"]["template"]["spec"]
-    commit_interval_s = int(k8s["ConfigMap"]["data"]["LSTM_WORKER_COMMIT_INTERVAL_MS"]) / 1000
-    # a round, a producer flush and an offset commit, each bounded by librdkafka's timeouts (~30 s)
-    assert pod["terminationGracePeriodSeconds"] >= 30 + commit_interval_s
+    env = dict(k8s["ConfigMap"]["data"]) | {e["name"]: e.get("value", "x") for e in container(k8s)["env"]}
+    timeout_s = check_worker_env(env, monkeypatch, container(k8s)["args"]).shutdown_timeout_s
+    assert pod["terminationGracePeriodSeconds"] >= timeout_s + SHUTDOWN_EXIT_MARGIN_S
 
 
 def quantity(value: str) -> float:

@@ -21,6 +21,7 @@ from typing import Any, cast
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from worker.errors import KafkaDeliveryError
+from worker.watchdog import MARGIN_S, guard
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ _PERMANENT = frozenset(
 )
 
 StateDelivered = Callable[[int, bytes, int, bool], None]  # partition, key, offset, tombstone
+_TRANSACTION_TIMEOUT_MS = 60000  # librdkafka's default transaction.timeout.ms
 
 
 class OutputProducer:
@@ -57,6 +59,10 @@ class OutputProducer:
         self._state_topic = state_topic
         self._on_state_delivered = on_state_delivered
         self._failure: KafkaDeliveryError | None = None
+        self._in_transaction = False
+        self._records = False  # produced anything since `begin`
+        # past transaction.timeout.ms its coordinator aborts the transaction: retrying longer is futile
+        self._retry_for_s = float(settings.get("transaction.timeout.ms", _TRANSACTION_TIMEOUT_MS)) / 1000
         # the state index needs every state delivery's offset, whatever -X says
         self._producer = Producer({**settings, "on_delivery": self._delivered, "delivery.report.only.error": False})
         self._quiet = self._producer
@@ -86,6 +92,7 @@ class OutputProducer:
         headers: list[tuple[str, str | bytes | None]] | None = None,
     ) -> None:
         """Partition -1 leaves the choice to the partitioner (by key)."""
+        self._records = True
         client = self._client(topic)
         while True:
             try:
@@ -108,6 +115,7 @@ class OutputProducer:
         """Records in order, each to its (partition, key): the client called directly, and
         `produce` only for a record that meets a full queue or an error."""
         send, i, n = self._client(topic).produce, 0, len(values)
+        self._records = self._records or n > 0
         while i < n:
             try:
                 while i < n:
@@ -128,14 +136,25 @@ class OutputProducer:
             raise self._failure
 
     def flush(self) -> None:
-        """Block until every produced record is acknowledged, however long the broker is away."""
-        waited = 0
-        while (remaining := sum(client.flush(1.0 / len(self._clients)) for client in self._clients)) > 0:
+        """Block until every produced record is acknowledged, however long the broker is away
+        (a shutdown is bounded by its deadline, not here)."""
+        started = time.monotonic()
+        warn_at = started + 10
+        while (remaining := self._flush_once()) > 0:
             self._raise_failure()
-            waited += 1
-            if waited % 10 == 0:
-                log.warning("waiting for the broker: unacknowledged=%d waited_s=%d", remaining, waited)
+            if (now := time.monotonic()) >= warn_at:
+                log.warning("waiting for the broker: unacknowledged=%d waited_s=%d", remaining, now - started)
+                warn_at = now + 10
         self._raise_failure()
+
+    def _flush_once(self) -> int:
+        """One second of flushing, shared by the clients; how many records are still unacknowledged."""
+        timeout_s = 1.0 / len(self._clients)
+        remaining = 0
+        for client in self._clients:
+            with guard("producer.flush", timeout_s + MARGIN_S):
+                remaining += client.flush(timeout_s)
+        return remaining
 
     def _raise_failure(self) -> None:
         """A permanent failure stays latched: no later flush may pass as if it had not happened."""
@@ -149,10 +168,16 @@ class OutputProducer:
 
     def init_transactions(self) -> None:
         """Fence older producers of this transactional.id; needed once before `begin`."""
-        self._retrying(lambda: self._producer.init_transactions(30.0))
+        self._retrying("init_transactions", 30.0, self._producer.init_transactions)
 
     def begin(self) -> None:
         self._producer.begin_transaction()
+        self._in_transaction, self._records = True, False
+
+    @property
+    def carries_records(self) -> bool:
+        """Whether anything was produced since `begin` (the open transaction is not empty)."""
+        return self._records
 
     def commit(self, offsets: list[TopicPartition], group: object) -> None:
         """Outputs and input offsets become visible together, or not at all.
@@ -160,22 +185,48 @@ class OutputProducer:
         Raises the KafkaException of a failure that needs an abort (or is fatal).
         """
         if offsets:
-            self._retrying(lambda: self._producer.send_offsets_to_transaction(offsets, group, 30.0))
-        self._retrying(lambda: self._producer.commit_transaction(60.0))
+            send = self._producer.send_offsets_to_transaction
+            self._retrying("send_offsets_to_transaction", 30.0, lambda timeout_s: send(offsets, group, timeout_s))
+        self._retrying("commit_transaction", 60.0, self._producer.commit_transaction)
+        self._in_transaction = False
         self._raise_failure()
 
     def abort(self) -> None:
         self._failure = None  # what failed is aborted with the rest
-        self._retrying(lambda: self._producer.abort_transaction(60.0))
+        self._retrying("abort_transaction", 60.0, self._producer.abort_transaction)
+        self._in_transaction = False
 
-    def _retrying(self, call: Callable[[], object]) -> None:
-        """Retriable transaction errors (a broker away) are waited out."""
+    def abort_open(self, timeout_s: float) -> None:
+        """On the way out after a failure: abort the open transaction, if any, at once rather than
+        leave read_committed readers waiting for its timeout. Best effort: one bounded try."""
+        if not self._in_transaction:
+            return
+        self._failure = None
+        try:
+            with guard("producer.abort_transaction", timeout_s + MARGIN_S):
+                self._producer.abort_transaction(timeout_s)
+        except KafkaException as exc:
+            log.error("the open transaction could not be aborted (its coordinator aborts it at its timeout): %s", exc)
+            return
+        self._in_transaction = False
+        log.info("open transaction aborted")
+
+    def _retrying(self, name: str, timeout_s: float, call: Callable[[float], object]) -> None:
+        """Retriable transaction errors (a broker away) are retried for as long as the transaction
+        could live: past that its coordinator has aborted it, and the last error is raised for the
+        caller to abort (or, at init, to stop). Each try is guarded: librdkafka may overrun it."""
+        started = time.monotonic()
         while True:
             try:
-                call()
+                with guard(f"producer.{name}", timeout_s + MARGIN_S):
+                    call(timeout_s)
                 return
             except KafkaException as exc:
-                if not exc.args[0].retriable():
+                error, waited = exc.args[0], time.monotonic() - started
+                if not error.retriable():
                     raise
-                log.warning("transaction call will be retried: %s", exc.args[0])
+                if waited >= self._retry_for_s:
+                    log.error("producer.%s gave up after %.0f s of retriable errors: %s", name, waited, error)
+                    raise
+                log.warning("transaction call %s will be retried: %s", name, error)
                 time.sleep(1.0)

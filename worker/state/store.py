@@ -4,6 +4,10 @@ Per assigned partition it keeps an index key -> offset of the key's latest state
 built at restore and kept current from delivery reports, so an LRU miss costs one read
 by offset. `end` keys are first written as a zero state (keeping their `src`, so a replay
 cannot re-apply them) and tombstoned only once the input offsets past them are committed.
+
+At restore a key's state is the one with the highest `src` (its version: a key's events have
+increasing input offsets), not the last in the topic: a member cut off from the cluster may have
+its older states land after the new owner's newer ones.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import pairwise, repeat
+from itertools import compress, pairwise, repeat
 from operator import itemgetter
 
 import numpy as np
@@ -25,6 +29,78 @@ from worker.metrics import Metrics
 from worker.state.cache import EntityId, StateCache
 
 log = logging.getLogger(__name__)
+
+_UNSEEN = -(2**63)  # the src of a key no state record of has been read yet
+
+
+class _Versions:
+    """While a partition is restored: the src of the state record at each offset read (a key's
+    is at its index offset: set in bulk, no dict of its own), and the src of keys deleted since."""
+
+    def __init__(self) -> None:
+        self.low = 0
+        self.src = np.empty(0, dtype=np.int64)
+        self.deleted: dict[bytes, int] = {}  # key -> src of its last state, read before a deletion
+
+    def put(self, offsets: list[int], src: np.ndarray) -> None:
+        """The records at these ascending offsets carry these src."""
+        first, last = offsets[0], offsets[-1]
+        if not len(self.src):
+            self.low = first
+        if first < self.low or last - self.low >= len(self.src):  # grown by doubling
+            low = min(self.low, first)
+            grown = np.full(max(2 * len(self.src), last - low + 1), _UNSEEN, dtype=np.int64)
+            grown[self.low - low : self.low - low + len(self.src)] = self.src
+            self.low, self.src = low, grown
+        if last - first == len(offsets) - 1:  # contiguous, as a partition's records mostly are
+            self.src[first - self.low : last - self.low + 1] = src
+        else:
+            self.src[np.array(offsets, dtype=np.int64) - self.low] = src
+
+    def at(self, offsets: np.ndarray) -> np.ndarray:
+        """The src of the records at these offsets, _UNSEEN where none was read (-1: no offset)."""
+        at = offsets - self.low
+        inside = (at >= 0) & (at < len(self.src))
+        if inside.all():
+            return self.src[at]
+        out = np.full(len(offsets), _UNSEEN, dtype=np.int64)
+        out[inside] = self.src[at[inside]]
+        return out
+
+    def before(self, offset: int | None, key: bytes) -> int:
+        """The src of the key's state read so far (at `offset`, its index entry), or of the state
+        it had when deleted, or _UNSEEN."""
+        if offset is None:
+            return self.deleted.get(key, _UNSEEN)
+        return int(self.at(np.array([offset], dtype=np.int64))[0])
+
+    def delete(self, offset: int | None, key: bytes) -> None:
+        """The key's state at `offset` is deleted: its src still counts against older states."""
+        if offset is not None and (src := self.before(offset, key)) != _UNSEEN:
+            self.deleted[key] = src
+
+
+def fresh_records(src: np.ndarray, newest: np.ndarray, keys: list[bytes]) -> np.ndarray:
+    """Which of these records (in topic order) are applied: record i carries `src[i]`, and the
+    highest src read before the batch for its key is `newest[i]`; a record is applied unless its
+    src is below that of a state read before it (ties: the later one wins)."""
+    fresh = src >= newest
+    n = len(keys)
+    if len(set(keys)) == n:  # the common case: each key once
+        return fresh
+    # a key several times: each record against the highest src of the key's records before it
+    # in the batch (those below it were stale, so that is the newest applied), per key at once
+    group = np.fromiter(map(dict(zip(keys, range(n), strict=True)).__getitem__, keys), dtype=np.int64, count=n)
+    order = np.argsort(group, kind="stable")  # key by key, each in topic order
+    first = np.ones(n, dtype=bool)
+    first[1:] = group[order][1:] != group[order][:-1]
+    values, rank = np.unique(src[order], return_inverse=True)
+    base = (np.cumsum(first) - 1) * len(values)  # a running max of ranks, key by key
+    running = np.maximum.accumulate(rank + base) - base
+    ok = first.copy()
+    ok[1:] |= src[order][1:] >= values[running[:-1]]
+    fresh[order] &= ok
+    return fresh
 
 
 @dataclass
@@ -80,6 +156,10 @@ class StateStore:
         self.on_mismatch = on_mismatch
         self.encoder = StateEncoder(sizes, fingerprint)
         self.index: dict[int, dict[bytes, int]] = {}
+        # while restoring, per partition: the src of the states read, deleted keys' too (a stale
+        # state after a tombstone must not bring the key back); freed by `end_restore`
+        self._versions: dict[int, _Versions] = {}
+        self._stale = 0  # stale state records ignored by the current restore
         # partition -> key -> (event ts, input offset) of the last event in the written state,
         # for --state-ttl only: it costs ~140 bytes per key (a tuple and two ints), 6 % of the
         # reference model's 2,400-byte state
@@ -95,22 +175,49 @@ class StateStore:
 
     def begin_restore(self, partitions: list[int]) -> None:
         """Start rebuilding these partitions' index from the state topic; `apply` each record."""
+        self._stale = 0
         for p in partitions:
             self.index[p] = {}
+            self._versions[p] = _Versions()
             if self.track_idle:
                 self.seen[p] = {}
 
+    def expect(self, offsets: dict[int, tuple[int, int]]) -> None:
+        """The restore reads these offsets [low, high) of its partitions: room for their src at once."""
+        for p, (low, high) in offsets.items():
+            versions = self._versions.get(p)
+            if versions is not None and not len(versions.src):
+                versions.low, versions.src = low, np.full(high - low, _UNSEEN, dtype=np.int64)
+
+    def end_restore(self, partitions: list[int]) -> int:
+        """These partitions are restored: frees what only the restore needed; returns how many
+        stale state records it ignored."""
+        for p in partitions:
+            self._versions.pop(p, None)
+        stale, self._stale = self._stale, 0
+        return stale
+
+    def _ignore_stale(self, count: int) -> None:
+        self._stale += count
+        self.metrics.stale_state_records.inc(count)
+
     def apply(self, p: int, offset: int, key: bytes, value: bytes | None) -> None:
-        """One state record read at restore: index it and warm the LRU with it."""
+        """One state record read at restore: index it and warm the LRU with it, unless a state of
+        the key with a higher src was read before it."""
         index = self.index.get(p)
         if index is None:  # revoked while restoring
             return
         record = None if value is None else self._decode(p, offset, value)
+        versions = self._versions.setdefault(p, _Versions())
         if record is None:  # deleted, unreadable or of another model: the key starts from zero
-            index.pop(key, None)
+            versions.delete(index.pop(key, None), key)
             self.seen.get(p, {}).pop(key, None)
             self.cache.remove((p, key))
             return
+        if record.src_offset < versions.before(index.get(key), key):
+            self._ignore_stale(1)
+            return
+        versions.put([offset], np.array([record.src_offset], dtype=np.int64))
         index[key] = offset
         if self.track_idle:
             self.seen[p][key] = (record.ts, record.src_offset)
@@ -118,6 +225,8 @@ class StateStore:
             self.cache.insert(
                 (p, key), record.state, step=record.step, src=record.src_offset, ts=record.ts, dirty=False
             )
+        else:  # an older state of the key must not stay warm
+            self.cache.remove((p, key))
 
     def apply_many(self, records: Records) -> None:
         """State records read at restore, in order: those of this model and layout decoded and
@@ -141,7 +250,8 @@ class StateStore:
         self, partition_of: list[int], offsets: list[int], keys: list[bytes], rows_of: np.ndarray, batch: StateBatch
     ) -> None:
         """Index these records (record k is row rows_of[k] of the batch) and warm the LRU with the
-        newest of them, as `apply` would: partition by partition, with bulk dict updates."""
+        newest of them, as `apply` would (stale ones ignored): partition by partition, with bulk
+        dict updates."""
         partitions = np.array(partition_of, dtype=np.int64)
         bounds = [0, *(np.flatnonzero(np.diff(partitions)) + 1).tolist(), len(partitions)]
         eids: list[EntityId] = []
@@ -151,17 +261,32 @@ class StateStore:
             index = self.index.get(p)
             if index is None:  # revoked while restoring
                 continue
-            index.update(zip(keys[a:b], offsets[a:b], strict=True))
-            eids.extend(zip(repeat(p, b - a), keys[a:b], strict=True))
-            kept.append(rows_of[a:b])
+            run_keys, run_offsets, rows = keys[a:b], offsets[a:b], rows_of[a:b]
+            versions = self._versions.setdefault(p, _Versions())
+            src = batch.src_offset[rows]
+            versions.put(run_offsets, src)  # stale ones too: only offsets in the index are read
+            fresh = self._fresh(index, versions, run_keys, run_offsets, src)
+            if fresh is not None:
+                self._ignore_stale(int(len(fresh) - fresh.sum()))
+                chosen = fresh.tolist()
+                run_keys, run_offsets = list(compress(run_keys, chosen)), list(compress(run_offsets, chosen))
+                rows = rows[fresh]
+                # a key's applied records have rising src: the later one of a key wins the update
+                index.update(zip(run_keys, run_offsets, strict=True))
+            eids.extend(zip(repeat(p, len(run_keys)), run_keys, strict=True))
+            kept.append(rows)
         if not eids:
             return
         js = np.concatenate(kept)
         self._track(eids, batch.ts[js], batch.src_offset[js])
-        room = self.cache.room()
+        cache = self.cache
+        room = cache.room()
+        if room < len(eids):  # rows for the last `room` only: the others' older states must not stay warm
+            for eid in eids[: len(eids) - max(room, 0)]:
+                if eid in cache:
+                    cache.remove(eid)
         if room <= 0:
             return
-        cache = self.cache
         rows = np.array(cache.place_many(eids[-room:]), dtype=np.int64)
         js = js[-room:]
         if len(np.unique(rows)) < len(rows):  # a key twice in the run: its later record wins
@@ -173,6 +298,36 @@ class StateStore:
         whole = len(js) == len(batch.states) and js[0] == 0 and bool((np.diff(js) == 1).all())
         cache.states[rows] = batch.states if whole else batch.states[js]
         cache.step[rows], cache.src[rows], cache.ts[rows] = batch.step[js], batch.src_offset[js], batch.ts[js]
+
+    @staticmethod
+    def _fresh(
+        index: dict[bytes, int], versions: _Versions, keys: list[bytes], offsets: list[int], src: np.ndarray
+    ) -> np.ndarray | None:
+        """Indexes the records of one partition that no state read before them outdates. None when
+        that is all of them, indexed then; else which they are, for the caller to index (over
+        what this may have indexed of the batch: each key has a fresh record, its later one wins)."""
+        unseen = not versions.deleted or versions.deleted.keys().isdisjoint(keys)
+        if unseen and index.keys().isdisjoint(keys):  # the common case: keys not read before
+            known = len(index)
+            index.update(zip(keys, offsets, strict=True))
+            if len(index) - known == len(keys):  # and each once
+                return None
+            fresh = fresh_records(src, np.full(len(keys), _UNSEEN, dtype=np.int64), keys)
+            return None if fresh.all() else fresh
+        at = np.fromiter(map(index.get, keys, repeat(-1)), dtype=np.int64, count=len(keys))
+        before = versions.at(at)
+        if versions.deleted:  # keys not indexed may have been deleted, with their src
+            gone = at < 0
+            before[gone] = np.fromiter(
+                map(versions.deleted.get, compress(keys, gone.tolist()), repeat(_UNSEEN)),
+                dtype=np.int64,
+                count=int(gone.sum()),
+            )
+        fresh = fresh_records(src, before, keys)
+        if fresh.all():
+            index.update(zip(keys, offsets, strict=True))
+            return None
+        return fresh
 
     def _track(self, eids: list[EntityId], ts: np.ndarray, src: np.ndarray) -> None:
         """--state-ttl: the keys' (event ts, input offset) of the last event in their state."""
@@ -189,6 +344,7 @@ class StateStore:
         if self._queue is not None:
             self._set_queue(self._queue.without(partition))
         self.index.pop(partition, None)
+        self._versions.pop(partition, None)
         self.seen.pop(partition, None)
         self.cache.remove_partition(partition)
         self.ended = {eid: off for eid, off in self.ended.items() if eid[0] != partition}
