@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -22,7 +19,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from tests.cluster.cluster import LocalCluster
 from tests.cluster.netfault import Namespace, Toxiproxy
-from tests.integration.conftest import REPO, Topics, WorkerProcess, free_port
+from tests.integration.conftest import REPO, Topics, WorkerProcess
 from tests.integration.kafka_io import metric
 from worker.config import KafkaConfig
 from worker.synthetic import Produced, produce_synthetic
@@ -38,44 +35,17 @@ class NamespacedWorker(WorkerProcess):
     process is the worker, so a signal reaches it directly), bootstrapping through `bootstrap`
     (the proxied EXTERNAL addresses) and serving its metrics on the namespace's own address."""
 
+    metrics_bind = "0.0.0.0"
+
     def __init__(
         self, namespace: Namespace, bootstrap: str, model: Path, topics: Topics, log_path: Path, *extra: str
     ) -> None:
         self.namespace = namespace
-        self.metrics_port = free_port()  # a new namespace has every port free; any one will do
-        self.log_path = log_path
-        args = [
-            sys.executable,
-            "-m",
-            "worker",
-            "run",
-            "--bootstrap-servers",
-            bootstrap,
-            "--model",
-            str(model),
-            "--input-topic",
-            topics.input,
-            "--output-topic",
-            topics.output,
-            "--metrics-host",
-            "0.0.0.0",
-            "--metrics-port",
-            str(self.metrics_port),
-            "--group-id",
-            f"group-{topics.input}",
-            "--commit-interval-ms",
-            "500",
-            *extra,
-        ]
-        self._log = open(log_path, "w")  # noqa: SIM115 (closed in stop)
-        self.proc = namespace.run(args, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
+        self.metrics_host = namespace.ns_ip  # a new namespace has every port free: free_port()'s will do
+        super().__init__(bootstrap, model, topics, log_path, *extra)
 
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://{self.namespace.ns_ip}:{self.metrics_port}{path}", timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
+    def _launch(self, args: list[str]) -> subprocess.Popen:
+        return self.namespace.run(args, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
 
 
 def warm_group_coordinator(kafka: KafkaConfig, group: str, topic: str, timeout: float = 60.0) -> float:

@@ -105,6 +105,9 @@ def topics() -> Topics:
 class WorkerProcess:
     """`python -m worker run` as a real process, stopped by a signal like in production."""
 
+    metrics_bind = "127.0.0.1"  # where it serves /metrics
+    metrics_host = "127.0.0.1"  # where the test reaches it
+
     def __init__(self, broker: str, model: Path, topics: Topics, log_path: Path, *extra: str) -> None:
         self.metrics_port = free_port()
         self.log_path = log_path
@@ -122,7 +125,7 @@ class WorkerProcess:
             "--output-topic",
             topics.output,
             "--metrics-host",
-            "127.0.0.1",
+            self.metrics_bind,
             "--metrics-port",
             str(self.metrics_port),
             "--group-id",
@@ -132,11 +135,14 @@ class WorkerProcess:
             *extra,
         ]
         self._log = open(log_path, "w")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
+        self.proc = self._launch(args)
+
+    def _launch(self, args: list[str]) -> subprocess.Popen:
+        return subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
 
     def get(self, path: str) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=5) as r:
+            with urllib.request.urlopen(f"http://{self.metrics_host}:{self.metrics_port}{path}", timeout=5) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
