@@ -62,10 +62,14 @@ ABORTED_WITHIN_S = 30.0
 INSTANCE = "w1"
 
 
+_ADMINS: dict[str, AdminClient] = {}
+
+
 def open_transactions(kafka: KafkaConfig, topics: list[str]) -> dict[tuple[str, int], tuple[int, int]]:
     """(topic, partition) -> (last stable offset, high watermark) where an open transaction holds
-    the last stable offset back."""
-    admin = AdminClient(kafka.admin())
+    the last stable offset back. One admin client for the test: a new one per look costs a
+    bootstrap, and the looks happen while the worker is frozen."""
+    admin = _ADMINS.setdefault(kafka.bootstrap_servers, AdminClient(kafka.admin()))
     parts = [(t, p) for t in topics for p in admin.list_topics(t, timeout=10).topics[t].partitions]
     ends = {}
     for isolation in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED):
@@ -95,12 +99,16 @@ def freeze_with_open_transaction(worker: WorkerProcess, kafka: KafkaConfig, topi
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         os.kill(worker.proc.pid, signal.SIGSTOP)
+        frozen = time.monotonic()
         time.sleep(0.5)  # what the producer had sent lands on the brokers
         held = open_transactions(kafka, topics)
         time.sleep(0.5)
         if held and open_transactions(kafka, topics) == held:
             return held
         os.kill(worker.proc.pid, signal.SIGCONT)
+        # a miss must not be a fault of its own: frozen past the transaction's timeout (the
+        # looks slow on a loaded machine), its records would time out in the producer at the thaw
+        assert time.monotonic() - frozen < TRANSACTION_TIMEOUT_MS / 1000, "a missed freeze outlasted the timeout"
         time.sleep(0.3)
     pytest.fail(f"never caught the worker with an open transaction in 30 s:{logs([worker])}")
 
