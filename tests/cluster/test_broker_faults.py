@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tests.cluster.checks import GUARANTEES, check_outcome, forget_admins, record_row
+from tests.cluster.checks import check_outcome, forget_admins, record_row
 from tests.cluster.cluster import REPO, ClusterError, LocalCluster, kafka_partition_for
 from tests.integration.kafka_io import metric
 from worker.config import KafkaConfig
@@ -353,6 +353,7 @@ def start_node(cluster: LocalCluster, node: int) -> None:
 # -- 1. workers started at once on a fresh input topic ------------------------------------
 
 
+@pytest.mark.open_defect  # the first group of a new cluster: the start-up access check times out (docs)
 def test_workers_started_at_once_all_join(healthy_cluster, kafka, topics, model_file, start_worker, tmp_path) -> None:
     """Three workers at the same moment, none of their topics there but the input: each
     creates or waits for the others' output, state and dead-letter topics, all three join and
@@ -416,7 +417,8 @@ def _topics_led_by(cluster: LocalCluster, node: int, topics: Any) -> None:
             time.sleep(0.2)
 
 
-@pytest.mark.parametrize("guarantee", GUARANTEES)
+# exactly once: send_offsets_to_transaction hangs when the group coordinator moves (docs/fault-tolerance.md)
+@pytest.mark.parametrize("guarantee", ["at_least_once", pytest.param("exactly_once_v2", marks=pytest.mark.open_defect)])
 def test_sigkill_of_the_leading_broker(
     healthy_cluster, kafka, topics, model_file, start_worker, tmp_path, guarantee
 ) -> None:
@@ -463,7 +465,8 @@ def test_sigkill_of_the_leading_broker(
 # -- 3. rolling restart -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("guarantee", GUARANTEES)
+# exactly once: send_offsets_to_transaction hangs when the group coordinator moves (docs/fault-tolerance.md)
+@pytest.mark.parametrize("guarantee", ["at_least_once", pytest.param("exactly_once_v2", marks=pytest.mark.open_defect)])
 def test_rolling_restart_under_load(
     healthy_cluster, kafka, topics, model_file, start_worker, tmp_path, guarantee
 ) -> None:
