@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient
 from worker.batching import Batcher, Events
 from worker.codec import EventDecoder, dead_letter_headers
 from worker.config import RunConfig
-from worker.errors import KafkaDeliveryError
+from worker.errors import KafkaDeliveryError, StuckClientError
 from worker.kafka.output import OutputProducer, position
 from worker.kafka.reader import TopicReader
 from worker.kafka.topics import ensure_worker_topics
@@ -286,7 +286,8 @@ class Worker:
     def _advance_restore(self) -> None:
         """One slice of the restore; partitions restored to the end resume."""
         if self._restore_job is None:
-            self._restore_job = Restore(self.store, self._restore_reader, sorted(self._restoring), self.metrics)
+            stable = self._stable_offsets if self._eos else None  # at least once, nothing is pending
+            self._restore_job = Restore(self.store, self._restore_reader, sorted(self._restoring), self.metrics, stable)
         if not self._restore_job.step(_RESTORE_SLICE):
             return
         done = self._restore_job.partitions & self._assigned
@@ -295,6 +296,12 @@ class Worker:
         for p in done & self._seek_back.keys():  # records that slipped through the pause
             self.consumer.seek(TopicPartition(self.config.input_topic, p, self._seek_back.pop(p)))
         self.consumer.resume([TopicPartition(self.config.input_topic, p) for p in sorted(done)])
+
+    def _stable_offsets(self, partitions: list[int], timeout_s: float) -> None:
+        """The group's committed offsets of the partitions, asked until stable: a read_committed
+        consumer's offset fetch waits while a transaction holding offsets for them is undecided."""
+        with guard("consumer.committed", timeout_s + MARGIN_S):
+            self.consumer.committed([TopicPartition(self.config.input_topic, p) for p in partitions], timeout_s)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Commit what was processed, then forget the partitions' keys and pending events."""
@@ -512,6 +519,10 @@ class Worker:
         changed = [TopicPartition(self.config.input_topic, p, offset) for p, offset in sent.items()]
         try:
             self.producer.commit(changed, self.consumer.consumer_group_metadata())
+        except StuckClientError as exc:  # the transaction's outcome is whatever fencing the producer decides
+            self.metrics.commit_failures.inc()
+            self._abort(str(exc), replace=True)
+            return
         except (KafkaException, KafkaDeliveryError) as exc:
             self.metrics.commit_failures.inc()
             self._abort(str(exc))
@@ -522,18 +533,23 @@ class Worker:
         self.producer.begin()
         self.store.write_tombstones(self.producer, topic, self._committed)  # in the next transaction
 
-    def _abort(self, reason: str) -> None:
+    def _abort(self, reason: str, replace: bool = False) -> None:
         """Drop the transaction and every assigned partition's in-memory state; restore them
-        from what was committed: state of an aborted transaction is never reused."""
+        from what was committed: state of an aborted transaction is never reused. `replace`:
+        the producer is stuck in a call; a new one with its transactional.id fences it, which
+        completes or aborts its transaction, and the restore waits for that outcome."""
         log.error(
             "transaction aborted (%s): restoring partitions=%s from committed state", reason, sorted(self._assigned)
         )
         self.metrics.transaction_aborts.inc()
-        try:
-            self.producer.abort()
-            self.producer.begin()
-        except KafkaException as exc:  # fenced or otherwise unusable: a new producer fences the old
-            log.error("transactional producer replaced: %s", exc.args[0])
+        if not replace:
+            try:
+                self.producer.abort()
+                self.producer.begin()
+            except KafkaException as exc:  # fenced or otherwise unusable
+                reason, replace = exc.args[0], True
+        if replace:
+            log.error("transactional producer replaced: %s", reason)
             self.producer = self._new_producer()
         self._rewind(self._assigned)
 

@@ -20,6 +20,10 @@ ENV_PREFIX = "LSTM_WORKER_"
 _LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
 KAFKA_ENV_PREFIX = ENV_PREFIX + "KAFKA_"
 
+_RECORD_EXPIRY = (
+    "at least once waits out broker outages, so a queued record must never expire (0); exactly once, "
+    "a record lives as long as its transaction: set transaction.timeout.ms instead"
+)
 # librdkafka settings the worker owns, each with why: -X or LSTM_WORKER_KAFKA_* may not change them.
 # Every other key the worker sets is tuning that -X wins over (linger.ms, compression.type, fetch
 # sizes and waits, session.timeout.ms, heartbeat.interval.ms, auto.offset.reset: where a new group
@@ -38,8 +42,8 @@ PROTOCOL_KAFKA_KEYS: Mapping[str, str] = MappingProxyType(
         "acks": "a record counts as written only once every in-sync replica has it (all)",
         "request.required.acks": "alias of acks: a record counts as written only once every in-sync replica has it",
         "transactional.id": "derived from --group-id and --group-instance-id; exactly once fences stale members by it",
-        "message.timeout.ms": "at least once waits out broker outages: a queued record must never expire (0)",
-        "delivery.timeout.ms": "alias of message.timeout.ms: a queued record must never expire (0)",
+        "message.timeout.ms": _RECORD_EXPIRY,
+        "delivery.timeout.ms": "alias of message.timeout.ms: " + _RECORD_EXPIRY,
         "delivery.report.only.error": "the state index needs every state record's delivery report",
         "on_delivery": "the worker's delivery callback tracks failures and the state records' offsets",
         "on_commit": "the worker's commit callback tracks the committed offsets",

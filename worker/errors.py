@@ -46,6 +46,10 @@ class KafkaDeliveryError(WorkerError):
         self.permanent = permanent
 
 
+class StuckClientError(WorkerError):
+    """A Kafka client call did not return within its bound: the client must be replaced."""
+
+
 class TopicError(WorkerError):
     """A topic is missing, cannot be created, or is not laid out as the worker needs."""
 

@@ -19,7 +19,7 @@ from worker.kafka import reader as reader_module
 from worker.kafka.reader import Backoff, Records, TopicReader, transient
 from worker.metrics import Metrics
 from worker.state.cache import StateCache
-from worker.state.restore import Restore
+from worker.state.restore import Restore, StableOffsets
 from worker.state.store import StateStore
 
 SIZES, MODEL = [3, 2], "model-a"
@@ -150,9 +150,11 @@ def records(count: int) -> Records:
     return Records([0] * count, list(range(count)), [b"k%d" % i for i in range(count)], [value] * count)
 
 
-def restore_with(reader: FakeReader, partitions: list[int]) -> tuple[Restore, StateStore, Clock]:
+def restore_with(
+    reader: FakeReader, partitions: list[int], stable_offsets: StableOffsets | None = None
+) -> tuple[Restore, StateStore, Clock]:
     store = StateStore(StateCache(64, sum(SIZES)), None, SIZES, MODEL, Metrics())  # type: ignore[arg-type]
-    restore = Restore(store, reader, partitions, Metrics())  # type: ignore[arg-type]
+    restore = Restore(store, reader, partitions, Metrics(), stable_offsets)  # type: ignore[arg-type]
     clock = Clock()
     restore._backoff.clock, restore._backoff.sleep = clock, clock.sleep
     return restore, store, clock
@@ -181,6 +183,27 @@ def test_a_restore_gives_up_past_the_bound_with_what_to_check():
         for _ in range(10_000):
             restore.step(1000)
             clock.now += 1.0
+
+
+def test_with_transactions_the_end_offsets_are_taken_only_once_the_committed_offsets_are_stable():
+    """A previous owner's transaction with offsets pending may still commit its states: the end
+    offsets asked before it is decided would leave those states out."""
+    reader = FakeReader({}, [records(10)])
+    asked: list[tuple[list[int], float]] = []
+
+    def stable_offsets(partitions: list[int], timeout_s: float) -> None:
+        asked.append((partitions, timeout_s))
+        if len(asked) < 3:  # still pending: the offset fetch times out
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "Timed out"))
+        assert not reader.calls, "end offsets asked before the committed offsets were stable"
+
+    restore, store, _ = restore_with(reader, [0, 1], stable_offsets)
+    steps = 1
+    while not restore.step(1000):
+        steps += 1
+        assert steps < 50
+    assert [partitions for partitions, _ in asked] == [[0, 1]] * 3 and steps == 3
+    assert reader.calls == [0, 1] and len(store.index[0]) == 10
 
 
 def test_a_cancelled_partition_is_not_asked_again():

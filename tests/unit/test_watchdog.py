@@ -8,12 +8,15 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
+from worker.errors import KafkaDeliveryError, StuckClientError
+from worker.kafka import output
 from worker.kafka.output import OutputProducer
 from worker.watchdog import EXIT_SHUTDOWN_TIMEOUT, EXIT_STUCK, Watchdog
 
@@ -124,3 +127,44 @@ def test_transactional_retries_end_at_the_transaction_timeout():
     with pytest.raises(KafkaException):
         producer._retrying("commit_transaction", 60.0, refused)
     assert len(calls) == 1, "an error retrying cannot cure is raised at once"
+
+
+def test_a_replaceable_call_that_does_not_return_raises_for_the_caller_to_replace_the_producer(monkeypatch):
+    """A transaction call past its bound is left to its thread: the loop gets StuckClientError
+    (and replaces the producer) instead of the process exiting; errors of a call that returns
+    reach the caller as raised."""
+    monkeypatch.setattr(output, "MARGIN_S", 0.2)
+    producer = OutputProducer({"bootstrap.servers": "127.0.0.1:1", "transactional.id": "t", "log_level": 0})
+    release = threading.Event()
+    started = time.monotonic()
+    with pytest.raises(StuckClientError, match="producer.send_offsets_to_transaction did not return within 0.3 s"):
+        producer._retrying("send_offsets_to_transaction", 0.1, lambda _: release.wait(30), replaceable=True)
+    assert time.monotonic() - started < 5
+    stuck = [t for t in threading.enumerate() if t.name == "producer.send_offsets_to_transaction"]
+    assert len(stuck) == 1 and stuck[0].daemon, "the stuck call is left to a daemon thread of its own"
+    release.set()
+    stuck[0].join(5)
+
+    def fenced(_: float) -> None:
+        raise KafkaException(KafkaError(KafkaError._FENCED, "fenced", fatal=True))
+
+    with pytest.raises(KafkaException) as raised:
+        producer._retrying("commit_transaction", 0.1, fenced, replaceable=True)
+    assert raised.value.args[0].code() == KafkaError._FENCED
+
+
+class _Record:
+    def topic(self) -> str:
+        return "out"
+
+
+def test_the_reports_of_records_an_abort_purged_are_not_failures():
+    """An abort purges the transaction's queued records; their reports must not fail the next
+    transaction's commit (they are replayed with the partitions' restore)."""
+    producer = OutputProducer({"bootstrap.servers": "127.0.0.1:1", "transactional.id": "t", "log_level": 0})
+    for code in (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT):
+        producer._delivered(KafkaError(code), _Record())  # type: ignore[arg-type]
+    producer._raise_failure()  # nothing latched
+    producer._delivered(KafkaError(KafkaError._MSG_TIMED_OUT), _Record())  # type: ignore[arg-type]
+    with pytest.raises(KafkaDeliveryError):
+        producer._raise_failure()

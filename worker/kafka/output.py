@@ -14,13 +14,14 @@ transactional client: a transaction belongs to one producer.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from worker.errors import KafkaDeliveryError
+from worker.errors import KafkaDeliveryError, StuckClientError
 from worker.watchdog import MARGIN_S, guard
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,32 @@ _PERMANENT = frozenset(
     }
 )
 
+# what an aborted transaction's records report: the worker purges nothing itself otherwise
+_PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
+
 StateDelivered = Callable[[int, bytes, int, bool], None]  # partition, key, offset, tombstone
 _TRANSACTION_TIMEOUT_MS = 60000  # librdkafka's default transaction.timeout.ms
+
+
+def _on_own_thread(name: str, limit_s: float, call: Callable[[], object]) -> None:
+    """Runs `call` on a thread of its own for at most `limit_s`: past it the call is left to that
+    thread and StuckClientError raised, so that the caller can replace the client rather than the
+    process (librdkafka's transaction calls can block past their own timeout: #5456, #5511)."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # handed to the caller's thread
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    thread.join(limit_s)
+    if thread.is_alive():
+        raise StuckClientError(f"{name} did not return within {limit_s:g} s")
+    if raised:
+        raise raised[0]
 
 
 class OutputProducer:
@@ -76,6 +101,8 @@ class OutputProducer:
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
+            if err.code() in _PURGED:  # dropped by an abort of the worker's own: replayed, not failed
+                return
             if self._failure is None or (not self._failure.permanent and err.code() in _PERMANENT):
                 self._failure = KafkaDeliveryError(msg.topic() or "?", err, permanent=err.code() in _PERMANENT)
             return
@@ -182,18 +209,22 @@ class OutputProducer:
     def commit(self, offsets: list[TopicPartition], group: object) -> None:
         """Outputs and input offsets become visible together, or not at all.
 
-        Raises the KafkaException of a failure that needs an abort (or is fatal).
+        Raises the KafkaException of a failure that needs an abort (or is fatal), StuckClientError
+        when a call did not return (the producer must be replaced).
         """
         if offsets:
             send = self._producer.send_offsets_to_transaction
-            self._retrying("send_offsets_to_transaction", 30.0, lambda timeout_s: send(offsets, group, timeout_s))
-        self._retrying("commit_transaction", 60.0, self._producer.commit_transaction)
+            self._retrying(
+                "send_offsets_to_transaction", 30.0, lambda timeout_s: send(offsets, group, timeout_s), replaceable=True
+            )
+        self._retrying("commit_transaction", 60.0, self._producer.commit_transaction, replaceable=True)
         self._in_transaction = False
         self._raise_failure()
 
     def abort(self) -> None:
-        self._failure = None  # what failed is aborted with the rest
         self._retrying("abort_transaction", 60.0, self._producer.abort_transaction)
+        self._producer.poll(0)  # the aborted records' reports, before what failed is cleared
+        self._failure = None  # what failed is aborted with the rest
         self._in_transaction = False
 
     def abort_open(self, timeout_s: float) -> None:
@@ -211,15 +242,22 @@ class OutputProducer:
         self._in_transaction = False
         log.info("open transaction aborted")
 
-    def _retrying(self, name: str, timeout_s: float, call: Callable[[float], object]) -> None:
+    def _retrying(
+        self, name: str, timeout_s: float, call: Callable[[float], object], replaceable: bool = False
+    ) -> None:
         """Retriable transaction errors (a broker away) are retried for as long as the transaction
         could live: past that its coordinator has aborted it, and the last error is raised for the
-        caller to abort (or, at init, to stop). Each try is guarded: librdkafka may overrun it."""
+        caller to abort (or, at init, to stop). Each try is bounded, since librdkafka may overrun
+        it: `replaceable`, by StuckClientError for the caller to replace this producer (a new one
+        with the same transactional.id fences it); else by the watchdog, which exits."""
         started = time.monotonic()
         while True:
             try:
-                with guard(f"producer.{name}", timeout_s + MARGIN_S):
-                    call(timeout_s)
+                if replaceable:
+                    _on_own_thread(f"producer.{name}", timeout_s + MARGIN_S, lambda: call(timeout_s))
+                else:
+                    with guard(f"producer.{name}", timeout_s + MARGIN_S):
+                        call(timeout_s)
                 return
             except KafkaException as exc:
                 error, waited = exc.args[0], time.monotonic() - started

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from confluent_kafka import KafkaException
 
@@ -25,17 +25,39 @@ log = logging.getLogger(__name__)
 _IDLE_S = 0.5  # at most this long per step waiting for the next attempt, as a read that brings nothing
 
 
-class Restore:
-    """Reads the state partitions to their end offsets as of the start, into the store."""
+# Waits, for at most the timeout given (seconds), until the group's committed input offsets of these
+# partitions are stable; raises KafkaException once it times out.
+StableOffsets = Callable[[list[int], float], object]
 
-    def __init__(self, store: StateStore, reader: TopicReader, partitions: list[int], metrics: Metrics) -> None:
+
+class Restore:
+    """Reads the state partitions to their end offsets as of the start, into the store.
+
+    With transactions the start waits for `stable_offsets` first: a previous owner's transaction
+    whose input offsets reached the group coordinator may still commit (KIP-447 checked its
+    generation when they were sent), and those offsets are what this member continues from. Its
+    records are acknowledged before its end, so once the offsets are stable (decided) the end
+    offsets read next include that transaction's states."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        reader: TopicReader,
+        partitions: list[int],
+        metrics: Metrics,
+        stable_offsets: StableOffsets | None = None,
+    ) -> None:
         self.partitions = set(partitions)
         self._store = store
         self._reader = reader
         self._metrics = metrics
         self._started = time.monotonic()
+        self._stable_offsets = stable_offsets
         self._offsets: dict[int, tuple[int, int]] = {}  # end offsets known so far
-        self._backoff = Backoff(reader.topic, f"the state partitions' end offsets {sorted(partitions)}")
+        what = f"the state partitions' end offsets {sorted(partitions)}"
+        if stable_offsets is not None:
+            what += " (once the group's committed offsets of the input partitions are stable)"
+        self._backoff = Backoff(reader.topic, what)
         self._batches: Iterator[Records] | None = None
         self._prefault: Prefault | None = None
         self.count = 0
@@ -78,6 +100,13 @@ class Restore:
         started = time.monotonic()
         if self._backoff.failures:
             self._reader.refresh()
+        if self._stable_offsets is not None:
+            try:
+                self._stable_offsets(sorted(self.partitions), WATERMARK_TIMEOUT_S)
+            except KafkaException as exc:  # still pending (times out), or the coordinator is away
+                self._backoff.failed(exc.args[0])
+                return False
+            self._stable_offsets = None
         for p in sorted(self.partitions - self._offsets.keys()):
             if time.monotonic() - started > WATERMARK_TIMEOUT_S:
                 return False  # the rest in the next step
