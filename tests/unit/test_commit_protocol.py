@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from worker.app import transaction_offsets
 from worker.cli import build_parser
+from worker.commit.exactly_once import transaction_offsets
 from worker.config import KafkaConfig, RunConfig
 from worker.errors import ConfigError
 

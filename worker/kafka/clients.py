@@ -1,0 +1,81 @@
+"""The worker's Kafka clients, built in one place: each setting the worker chooses, with why.
+
+Settings the protocol owns are listed in `worker.config.PROTOCOL_KAFKA_KEYS` (-X may not change
+them); the tuning here is overridden by -X. docs/performance.md gives the measurements behind it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from worker.config import RunConfig
+from worker.kafka.access import STATE_READER_SUFFIX
+from worker.kafka.output import OutputProducer, StateDelivered
+
+OnCommit = Callable[[KafkaError | None, list[TopicPartition]], None]
+
+
+def group_consumer(config: RunConfig, on_commit: OnCommit) -> Consumer:
+    """The group member: offsets committed by hand, assignments incremental."""
+    kafka = config.kafka
+    instance = {"group.instance.id": config.group_instance_id} if config.group_instance_id else {}
+    return Consumer(
+        kafka.consumer(
+            config.group_id,
+            on_commit=on_commit,
+            **{
+                # partitions that stay keep being processed through a rebalance
+                "partition.assignment.strategy": "cooperative-sticky",
+                # members learn of a rebalance at their next heartbeat, and a dead member stalls one
+                # until its session times out: both short (heartbeats run on librdkafka's thread)
+                "heartbeat.interval.ms": 1000,
+                "session.timeout.ms": 10000,
+                # let the broker gather a fetch for a moment rather than answer every first byte
+                # at once (docs/performance.md, "Fetch waits")
+                "fetch.min.bytes": 65536,
+                "fetch.wait.max.ms": 5,
+                **instance,
+            },
+        )
+    )
+
+
+def state_reader_settings(config: RunConfig) -> dict[str, Any]:
+    """The state topic's readers (restore, LRU misses): assign() only, committed records only."""
+    return config.kafka.consumer(
+        config.group_id + STATE_READER_SUFFIX,
+        **{
+            "fetch.wait.max.ms": 20,
+            "isolation.level": "read_committed",  # states of aborted transactions are never read
+            # large fetches for whole-partition reads, each below glibc's mmap threshold so that
+            # its memory is reused (docs/performance.md, "Restore")
+            "max.partition.fetch.bytes": 16 * 1024 * 1024,
+            "fetch.max.bytes": 30 * 1000 * 1000,
+            # librdkafka's default 1 s pause after a full prefetch queue stalls a restore that caught up
+            "fetch.queue.backoff.ms": 10,
+        },
+    )
+
+
+def transactional_id(config: RunConfig, fallback: str) -> str:
+    """Stable across restarts with --group-instance-id, so that a restarted member fences its predecessor."""
+    return f"{config.group_id}.{config.group_instance_id or fallback}"
+
+
+def output_producer(
+    config: RunConfig, on_state_delivered: StateDelivered, transactional: str | None = None
+) -> OutputProducer:
+    """Idempotent; with `transactional` (an id) transactional, with a transaction open."""
+    kafka = config.kafka
+    if transactional is not None:
+        settings = kafka.producer(**{"transactional.id": transactional})
+    else:  # a broker outage is waited out: records never expire in the producer's queue
+        settings = kafka.producer(**{"message.timeout.ms": 0})
+    producer = OutputProducer(settings, config.state_topic, on_state_delivered)
+    if transactional is not None:
+        producer.init_transactions()
+        producer.begin()
+    return producer
