@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from worker.bench.drain import drain, preload
-from worker.bench.kafka_io import BenchError, BenchKafka
-from worker.bench.kernel import KernelResult, Timing
-from worker.bench.latency import latency
-from worker.bench.process import Launcher
-from worker.bench.report import render
-from worker.bench.results import BenchResults
-from worker.bench.run import reference_model
-from worker.bench.state import state
+from bench.drain import drain, preload
+from bench.kafka_io import BenchError, BenchKafka
+from bench.kernel import KernelResult, Timing
+from bench.latency import latency
+from bench.process import Launcher
+from bench.report import render
+from bench.results import BenchResults
+from bench.run import reference_model
+from bench.state import state
 from worker.config import KafkaConfig
 
 pytestmark = pytest.mark.integration

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 from confluent_kafka import Producer
 
-from worker.bench.kernel import baselines, flops_per_event, time_near_drain
-from worker.bench.latency import event_encoder, lower_priority
-from worker.bench.scrape import parse_nice
+from bench.kernel import baselines, flops_per_event, time_near_drain
+from bench.latency import event_encoder, lower_priority
+from bench.scrape import parse_nice
 from worker.codec import EventDecoder, encode_event
 from worker.model.reference import make_reference_model
 

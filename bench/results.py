@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import TYPE_CHECKING
 
-from worker.bench.drain import DrainResult
-from worker.bench.latency import LatencyResult
-from worker.bench.state import StateResult
-from worker.bench.stats import Target, kernel_rate_at
+from bench.drain import DrainResult
+from bench.latency import LatencyResult
+from bench.state import StateResult
+from bench.stats import Target, kernel_rate_at
 from worker.synthetic import Produced
 
 if TYPE_CHECKING:
-    from worker.bench.kernel import KernelResult, NearDrain, Timing
+    from bench.kernel import KernelResult, NearDrain, Timing
 
 
 def machine() -> str:

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from worker.bench.stats import Target, events_per_s, kernel_rate_at, percentiles, phase_deltas, shares
+from bench.stats import Target, events_per_s, kernel_rate_at, percentiles, phase_deltas, shares
 
 SWEEP = [
     ("tf", 1, 0.001),  # 1,000 events/s

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 import msgpack
 import numpy as np
 
-from worker.bench.kafka_io import BenchKafka, FastProducer, partition_of
-from worker.bench.process import Launcher, wait_predicted
-from worker.bench.scrape import machine_ticks
-from worker.bench.stats import events_per_s, percentiles
+from bench.kafka_io import BenchKafka, FastProducer, partition_of
+from bench.process import Launcher, wait_predicted
+from bench.scrape import machine_ticks
+from bench.stats import events_per_s, percentiles
 from worker.config import KafkaConfig
 from worker.synthetic import key_name
 

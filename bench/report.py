@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from worker.bench.drain import DrainResult
-from worker.bench.latency import PRODUCER_LINGER_MS, LatencyResult
-from worker.bench.results import BenchResults, targets
-from worker.bench.stats import shares
+from bench.drain import DrainResult
+from bench.latency import PRODUCER_LINGER_MS, LatencyResult
+from bench.results import BenchResults, targets
+from bench.stats import shares
 
 ANALYSIS = "bench/ANALYSIS.md"
 

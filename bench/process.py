@@ -18,8 +18,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.bench.kafka_io import BenchError
-from worker.bench.scrape import Samples, by_label, cpu_seconds, parse_metrics, rss_bytes, sample
+from bench.kafka_io import BenchError
+from bench.scrape import Samples, by_label, cpu_seconds, parse_metrics, rss_bytes, sample
 from worker.config import KafkaConfig
 
 log = logging.getLogger(__name__)

@@ -14,14 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.bench.drain import DrainResult, drain, preload
-from worker.bench.kafka_io import BenchError, BenchKafka
-from worker.bench.latency import latency
-from worker.bench.process import Launcher
-from worker.bench.report import ANALYSIS, render
-from worker.bench.results import BenchResults, Scheduling, machine
-from worker.bench.scrape import process_nice
-from worker.bench.state import state
+from bench.drain import DrainResult, drain, preload
+from bench.kafka_io import BenchError, BenchKafka
+from bench.latency import latency
+from bench.process import Launcher
+from bench.report import ANALYSIS, render
+from bench.results import BenchResults, Scheduling, machine
+from bench.scrape import process_nice
+from bench.state import state
 from worker.config import KafkaConfig
 from worker.errors import ConfigError
 
@@ -55,7 +55,7 @@ class BenchOptions:
 
     def command(self, bootstrap: str | None) -> str:
         words = [
-            "lstm-worker bench",
+            "python -m bench",
             f"--out {self.out}",
             f"--events {self.events}",
             f"--min-seconds {self.min_seconds:g}",
@@ -83,7 +83,7 @@ class BenchOptions:
 
 
 def run_benchmarks(options: BenchOptions, kafka: KafkaConfig | None) -> BenchResults:
-    from worker.bench.kernel import measure_kernel
+    from bench.kernel import measure_kernel
 
     started = time.monotonic()
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -165,7 +165,7 @@ def kafka_parts(results: BenchResults, options: BenchOptions, kafka: KafkaConfig
         results.drain_input = data.produced
 
         def one() -> None:
-            from worker.bench.kernel import time_near_drain
+            from bench.kernel import time_near_drain
 
             results.drain = _checked(drain(bench, launcher, data, workers=1))
             results.near_drain = time_near_drain(
@@ -225,7 +225,7 @@ def draw_plots(results: BenchResults, out_dir: Path) -> dict[str, str]:
     except ImportError:
         log.warning("no plots: matplotlib is missing (pip install 'lstm-stream-worker[demo]')")
         return {}
-    from worker.bench.plots import kernel_plot, latency_plot, phases_plot
+    from bench.plots import kernel_plot, latency_plot, phases_plot
 
     (out_dir / "bench").mkdir(parents=True, exist_ok=True)
     k, plots = results.kernel, {"kernel": "bench/kernel.png"}

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.bench.stats import percentiles, shares
+from bench.stats import percentiles, shares
 
 PHASE_ORDER = ("poll", "decode", "state", "step", "produce", "commit", "restore")  # the loop's order
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker.bench.drain import DrainResult
-from worker.bench.kernel import KernelResult, NearDrain, Timing
-from worker.bench.latency import LatencyResult
-from worker.bench.report import render
-from worker.bench.results import BenchResults, Scheduling, targets
-from worker.bench.run import BenchOptions, draw_plots
-from worker.bench.state import StateResult
-from worker.cli import build_parser
+from bench.__main__ import build_parser
+from bench.drain import DrainResult
+from bench.kernel import KernelResult, NearDrain, Timing
+from bench.latency import LatencyResult
+from bench.report import render
+from bench.results import BenchResults, Scheduling, targets
+from bench.run import BenchOptions, draw_plots
+from bench.state import StateResult
 from worker.errors import ConfigError
 from worker.synthetic import Produced
 
@@ -56,9 +56,7 @@ def results(**parts: object) -> BenchResults:
         "tf",
         563_600,
     )
-    return BenchResults(
-        "lstm-worker bench --out B.md", "2026-01-01 00:00 UTC", "a CPU, 2 cores", "0.1", kernel, **parts
-    )  # type: ignore[arg-type]
+    return BenchResults("python -m bench --out B.md", "2026-01-01 00:00 UTC", "a CPU, 2 cores", "0.1", kernel, **parts)  # type: ignore[arg-type]
 
 
 def full() -> BenchResults:
@@ -97,9 +95,7 @@ def test_every_section_with_its_context_and_ratios():
     text = render(r)
     for heading in ("## Targets", "## 1-2.", "## 3. End-to-end drain", "## 4. Latency", "## 5. State", "## 6. Scaling"):
         assert heading in text
-    assert (
-        text.count("Command: `lstm-worker bench --out B.md`. Date: 2026-01-01 00:00 UTC. Machine: a CPU, 2 cores") == 6
-    )
+    assert text.count("Command: `python -m bench --out B.md`. Date: 2026-01-01 00:00 UTC. Machine: a CPU, 2 cores") == 6
     # the kernel at 64 keys per round: 64 / 2 ms = 32,000 events/s; the drain is 20,000 of it
     assert "| step kernel (tf) at 64 keys per round (part 1) | 32,000 events/s |" in text
     assert "| drain / kernel at that round size | 0.62 |" in text
@@ -150,12 +146,12 @@ def test_plots_are_written_and_linked(tmp_path: Path):
 
 
 def test_bench_command_line_defaults_are_the_issue_sizes():
-    args = build_parser().parse_args(["bench"])
+    args = build_parser().parse_args([])
     assert (args.drain_events, args.drain_keys, args.partitions) == (1_000_000, 10_000, 12)
     assert (args.latency_seconds, args.state_keys, args.skip_kafka) == (60.0, 1_000_000, False)
     assert args.broker_warmup_seconds == 80.0
     assert (args.load_nice, args.broker_pid) == (10, None)
-    args = build_parser().parse_args(["bench", "--skip-kafka", "--drain-events", "20000", "--state-keys", "5000"])
+    args = build_parser().parse_args(["--skip-kafka", "--drain-events", "20000", "--state-keys", "5000"])
     assert args.skip_kafka and args.drain_events == 20000 and args.state_keys == 5000
 
 
