@@ -1,5 +1,5 @@
-"""The benchmark's arithmetic and its baselines: the source blog's four approaches and the
-per-event twin step must all give the full-history outputs (the blog's own assertion)."""
+"""The benchmark's arithmetic and its baselines: the source post's four approaches and the
+per-event twin step must all give the full-history outputs (the source post's own check)."""
 
 import os
 import threading

@@ -1,5 +1,5 @@
 """The benchmark's arithmetic: percentiles, the kernel's rate at a round size, phase shares,
-rates from timestamps, and the verdicts against the issue's targets."""
+rates from timestamps, and the verdicts against a target."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""`lstm-worker bench` parts 3-5 at tiny sizes against the real broker: real workers drain, serve
-a paced load and restore a state topic, and the report is written from what they measured."""
+"""The benchmark's (bench/, `python -m bench`) parts 3-5 at tiny sizes against the real broker: real
+workers drain, serve a paced load and restore a state topic, and the report is written from what
+they measured. Here, not under tests/bench, for the session broker the other integration tests share."""
 
 from __future__ import annotations
 
