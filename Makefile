@@ -40,12 +40,12 @@ cluster-stop: ## stop the three-node cluster (its data stays under .cache/)
 	@deploy/kafka/cluster-stop.sh
 
 lint: venv ## ruff (lint + format check) and mypy
-	$(BIN)/ruff check worker tests
-	$(BIN)/ruff format --check worker tests
+	$(BIN)/ruff check worker bench tests
+	$(BIN)/ruff format --check worker bench tests
 	$(BIN)/mypy
 
-unit: venv tools ## unit tests only (no broker; includes the deployment checks)
-	$(BIN)/pytest tests/unit -q
+unit: venv tools ## unit tests only (no broker; includes the deployment checks and the benchmark's)
+	$(BIN)/pytest tests/unit tests/bench -q
 
 integration: venv tools ## integration tests (start their own broker unless KAFKA_BOOTSTRAP_SERVERS is set)
 	$(BIN)/pytest tests/integration -q
@@ -63,13 +63,13 @@ demo: venv ## broker, model, two workers, 50k events with a live progress line, 
 # BENCH_ARGS="--drain-events 100000 --state-keys 100000 --latency-seconds 20"
 BENCH_KAFKA_PORT ?= 9192
 BENCH_NICE ?= 10
-bench: venv ## the benchmark issue's six parts on a local broker into BENCHMARKS.md and bench/*.png (~15 min)
+bench: venv ## kernel, drain, latency, state and scaling on a local broker (python -m bench) into BENCHMARKS.md (~15 min)
 	@deploy/kafka/fetch.sh >/dev/null
 	@port=$(BENCH_KAFKA_PORT); pid=".cache/kafka-$$port/pid"; started=yes; \
 	if [[ -f $$pid ]] && kill -0 "$$(cat $$pid)" 2>/dev/null; then started=no; fi; \
 	bootstrap="$$(KAFKA_PORT=$$port KAFKA_NICE=$(BENCH_NICE) deploy/kafka/start.sh)" || exit 1; \
 	echo "== broker: $$bootstrap"; \
-	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -W ignore -m worker bench --out BENCHMARKS.md \
+	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -W ignore -m bench --out BENCHMARKS.md \
 	  --bootstrap-servers "$$bootstrap" --broker-pid "$$(cat $$pid)" --load-nice $(BENCH_NICE) $(BENCH_ARGS); rc=$$?; \
 	if [[ $$started == yes ]]; then KAFKA_PORT=$$port deploy/kafka/stop.sh >/dev/null; fi; \
 	exit $$rc

@@ -208,51 +208,10 @@ def _add_verify(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
 
-def _add_bench(sub: Any) -> None:
-    p = sub.add_parser(
-        "bench", help="benchmark kernel, baselines, drain, latency, state and scaling into BENCHMARKS.md"
-    )
-    _kafka_options(p)
-    _option(p, "--out", default="BENCHMARKS.md", help="markdown file to write (PNGs go to bench/ beside it)")
-    _option(p, "--events", int, 200, help="events (context length) of the per-event baselines")
-    _option(p, "--min-seconds", float, 1.0, help="time each kernel round size at least this long")
-    _option(p, "--drain-events", int, 1_000_000, help="events pre-loaded for the drain and scaling parts")
-    _option(p, "--drain-keys", int, 10_000, help="keys of those events (and of the latency part)")
-    _option(p, "--partitions", int, 12, help="partitions of every input topic of the benchmark")
-    _option(p, "--latency-seconds", float, 60.0, help="seconds of each latency run (1/2, then 1/4 of the drain rate)")
-    _option(p, "--state-keys", int, 1_000_000, help="state records restored, and keys held, in the state part")
-    _option(p, "--cold-cache-keys", int, 10_000, help="--cache-keys of the worker measuring cold misses")
-    _option(
-        p,
-        "--broker-warmup-seconds",
-        float,
-        80.0,
-        help="live load on a throwaway topic before the drain, not counted: a fresh broker's JVM compiles "
-        "its hot paths under its first minutes of load (0: none)",
-    )
-    _option(
-        p,
-        "--load-nice",
-        int,
-        10,
-        help="nice value (0-19) of the latency parts' load generator, which stands for producers on other "
-        "machines: the worker under test gets the cores first",
-    )
-    _option(
-        p,
-        "--broker-pid",
-        int,
-        help="pid of a local broker, whose nice value the report states (`make bench` starts its broker at "
-        "nice BENCH_NICE, 10)",
-    )
-    _option(p, "--workdir", default=".cache/bench", help="the reference model and the workers' logs")
-    p.add_argument("--skip-kafka", action="store_true", help="parts 1-2 only (no broker needed)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lstm-worker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_run, _add_make_model, _add_produce, _add_verify, _add_bench):
+    for add in (_add_run, _add_make_model, _add_produce, _add_verify):
         add(sub)
     return parser
 
@@ -365,23 +324,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from worker.bench import write_benchmarks
-    from worker.bench.run import BenchOptions
-
-    fields = {f.name for f in dataclasses.fields(BenchOptions)}
-    options = BenchOptions(**{name: value for name, value in vars(args).items() if name in fields})
-    write_benchmarks(options, None if args.skip_kafka else _kafka(args))
-    print(f"benchmarks written: {args.out}")
-    return 0
-
-
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_run,
     "make-model": _cmd_make_model,
     "produce": _cmd_produce,
     "verify": _cmd_verify,
-    "bench": _cmd_bench,
 }
 
 

@@ -1,5 +1,6 @@
-"""`lstm-worker bench` parts 3-5 at tiny sizes against the real broker: real workers drain, serve
-a paced load and restore a state topic, and the report is written from what they measured."""
+"""The benchmark's (bench/, `python -m bench`) parts 3-5 at tiny sizes against the real broker: real
+workers drain, serve a paced load and restore a state topic, and the report is written from what
+they measured. Here, not under tests/bench, for the session broker the other integration tests share."""
 
 from __future__ import annotations
 
@@ -9,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from worker.bench.drain import drain, preload
-from worker.bench.kafka_io import BenchError, BenchKafka
-from worker.bench.kernel import KernelResult, Timing
-from worker.bench.latency import latency
-from worker.bench.process import Launcher
-from worker.bench.report import render
-from worker.bench.results import BenchResults
-from worker.bench.run import reference_model
-from worker.bench.state import state
+from bench.drain import drain, preload
+from bench.kafka_io import BenchError, BenchKafka
+from bench.kernel import KernelResult, Timing
+from bench.latency import latency
+from bench.process import Launcher
+from bench.report import render
+from bench.results import BenchResults
+from bench.run import reference_model
+from bench.state import state
 from worker.config import KafkaConfig
 
 pytestmark = pytest.mark.integration

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,16 @@ def test_build_context_sends_only_what_the_image_copies():
     allowed = {x[1:].rstrip("/") for x in lines if x.startswith("!")}
     assert allowed == {p.lstrip("./") for p in NEEDED}
     assert all(Path(REPO / p).exists() for p in allowed)
+
+
+def test_the_benchmark_is_not_in_the_image():
+    copied = [
+        source
+        for word, args in instructions((DEPLOY / "Dockerfile").read_text())
+        if word in {"COPY", "ADD"}
+        for source in [a for a in args.split() if not a.startswith("--")][:-1]
+    ]
+    assert copied and not any(source.lstrip("./").split("/")[0] == "bench" for source in copied)
+    assert not (REPO / "worker" / "bench").exists()  # `COPY worker` takes every file under worker/
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools["packages"]["find"]["include"] == ["worker*"]  # `pip install .` installs no bench

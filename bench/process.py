@@ -18,8 +18,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.bench.kafka_io import BenchError
-from worker.bench.scrape import Samples, by_label, cpu_seconds, parse_metrics, rss_bytes, sample
+from bench.kafka_io import BenchError
+from bench.scrape import Samples, by_label, cpu_seconds, parse_metrics, rss_bytes, sample
 from worker.config import KafkaConfig
 
 log = logging.getLogger(__name__)
@@ -169,8 +169,7 @@ class Launcher:
 def wait_predicted(workers: list[WorkerProcess], total: int, stall_s: float = 90.0, hz: float = 1.0) -> list[Reading]:
     """Poll the workers' metrics (at `hz`) until together they predicted `total` events; fails
     when their count has not grown for `stall_s` seconds. Returns each one's last reading.
-    Once a second: rendering the metrics takes the worker's GIL for a few ms, and at 5 Hz the
-    scrapes were ~2.5 % of a draining worker's samples (py-spy, a throwaway drain)."""
+    Once a second: rendering the metrics holds the worker's GIL, so faster scrapes slow the drain."""
     best, last_growth = -1, time.monotonic()
     while True:
         readings = [w.read() for w in workers]

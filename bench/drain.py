@@ -13,10 +13,10 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from worker.bench.kafka_io import BenchError, BenchKafka
-from worker.bench.process import Launcher, Reading, wait_caught_up, wait_predicted
-from worker.bench.scrape import machine_ticks
-from worker.bench.stats import events_per_s, phase_deltas
+from bench.kafka_io import BenchError, BenchKafka
+from bench.process import Launcher, Reading, wait_caught_up, wait_predicted
+from bench.scrape import machine_ticks
+from bench.stats import events_per_s, phase_deltas
 from worker.synthetic import Produced
 
 log = logging.getLogger(__name__)

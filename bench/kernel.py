@@ -1,9 +1,9 @@
-"""Parts 1-2 of the benchmark: the step kernel alone, and the source blog's approaches, in one process.
+"""Parts 1-2 of the benchmark: the step kernel alone, and the source post's four approaches, in one process.
 
-The streaming twin's batched step per backend and round size is the ceiling of the worker;
-the blog's baselines run on the same model: the full history `predict` per event, a stateful
-model, and explicit state in a functional and a subclassed model, each `predict` once per
-event, and the twin's compiled step once per event. Every approach is checked against the
+The streaming twin's batched step per backend and round size is the ceiling of the worker.
+The source post's four approaches run on the same model: the full history `predict` per event,
+a stateful model, and explicit state in a functional and in a subclassed model, each `predict`
+once per event; then the twin's step once per event. Every approach is checked against the
 full-history outputs (1e-5) before its time counts.
 """
 
@@ -46,7 +46,7 @@ class Timing:
 
 
 def _timed_once(name: str, events: int, approach: Callable[[], np.ndarray]) -> tuple[Timing, np.ndarray]:
-    """One pass of an approach over one key's `events` events, as the source timed it: its
+    """One pass of an approach over one key's `events` events, as the source post timed it: its
     outputs and how long the pass took."""
     started = time.perf_counter()
     got = approach()
@@ -86,7 +86,7 @@ def _round_seconds(twin: StreamingTwin, size: int, min_seconds: float) -> float:
 
 
 def _explicit_state_model(reference: keras.Model) -> keras.Model:
-    """The blog's functional model: states in, states out, weights of the reference."""
+    """The source post's functional model: states in, states out, weights of the reference."""
     units = [layer.units for layer in reference.layers if isinstance(layer, keras.layers.LSTM)]
     inputs = {"input": keras.Input((None, FEATURES), name="input")}
     outputs: dict[str, object] = {}
@@ -108,7 +108,7 @@ def _explicit_state_model(reference: keras.Model) -> keras.Model:
 
 
 def _stateful_model(reference: keras.Model, units: list[int]) -> keras.Model:
-    """The blog's stateful model: the reference's layers with `stateful=True`, batch of one."""
+    """The source post's stateful model: the reference's layers with `stateful=True`, batch of one."""
     inputs = keras.Input((None, FEATURES), batch_size=1)
     h = inputs
     for i, u in enumerate(units):
@@ -119,7 +119,7 @@ def _stateful_model(reference: keras.Model, units: list[int]) -> keras.Model:
 
 
 class SubclassedStepModel(keras.Model):
-    """The blog's subclassed model: the same layers called with explicit states."""
+    """The source post's subclassed model: the same layers called with explicit states."""
 
     def __init__(self, units: list[int]) -> None:
         super().__init__(name="subclassed")
@@ -168,7 +168,7 @@ def _per_event_steps(twin: StreamingTwin, xs: np.ndarray) -> Callable[[], np.nda
 
 
 def baselines(model: keras.Model, events: int = 200) -> list[Timing]:
-    """The source's four approaches and a per-event twin step (NumPy, compiled), on one key's `events` events."""
+    """The source post's four approaches and a per-event twin step (NumPy, compiled), on one key's `events` events."""
     xs = _events(events)
     units = [layer.units for layer in model.layers if isinstance(layer, keras.layers.LSTM)]
     expected = np.array([float(model(xs[:, : i + 1])[0, 0]) for i in range(events)])
@@ -182,7 +182,7 @@ def baselines(model: keras.Model, events: int = 200) -> list[Timing]:
         timings.append(timing)
 
     run(
-        "full history, predict per event (the blog's classic)",
+        "full history, predict per event (the source post's classic)",
         lambda: np.array([float(model.predict(xs[:, : i + 1], verbose=0)[0, 0]) for i in range(events)]),
     )
     stateful = _stateful_model(model, units)
@@ -243,8 +243,8 @@ def measure_kernel(min_seconds: float = 1.0, events: int = 200) -> KernelResult:
 
 @dataclass(frozen=True)
 class NearDrain:
-    """The drain's two yardsticks timed again right after it: this machine's speed moves from
-    minute to minute, and parts 1-2 ran minutes before the drain (BENCHMARKS.md analysis)."""
+    """The drain's two yardsticks timed again right after it: a shared machine's speed moves from
+    minute to minute, and parts 1-2 ran minutes before the drain."""
 
     round_keys: int
     kernel_per_s: float  # the worker's backend, one step of `round_keys` keys

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from worker.bench.scrape import (
+from bench.scrape import (
     by_label,
     cpu_seconds,
     parse_cpu_ticks,

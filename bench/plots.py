@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from worker.bench.stats import percentiles, shares
+from bench.stats import percentiles, shares
+from bench.targets import Goal
 
 PHASE_ORDER = ("poll", "decode", "state", "step", "produce", "commit", "restore")  # the loop's order
 
@@ -45,8 +46,10 @@ def kernel_plot(
     plt.close(fig)
 
 
-def latency_plot(path: Path, latency_ms: np.ndarray, rate: float, warmup_ms: np.ndarray | None = None) -> None:
-    """Empirical CDF of end-to-end latency, quantiles marked (in the legend); the warm-up's apart."""
+def latency_plot(
+    path: Path, latency_ms: np.ndarray, rate: float, warmup_ms: np.ndarray | None = None, target: Goal | None = None
+) -> None:
+    """Empirical CDF of end-to-end latency, quantiles and the target marked (in the legend); the warm-up's apart."""
     plt = _pyplot()
     data = np.sort(np.maximum(latency_ms, 0.5))
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
@@ -59,7 +62,8 @@ def latency_plot(path: Path, latency_ms: np.ndarray, rate: float, warmup_ms: np.
         ax.plot(data, np.arange(1, data.size + 1) / data.size, color="tab:blue", label="events counted")
         for (q, value), style in zip(percentiles(data).items(), ("--", "-.", ":"), strict=False):
             ax.axvline(value, color="tab:gray", linestyle=style, linewidth=1, label=f"p{q:g} = {value:,.1f} ms")
-    ax.axvline(50, color="tab:red", linewidth=1, label="target: p99 <= 50 ms")
+    if target is not None:
+        ax.axvline(target.limit, color="tab:red", linewidth=1, label=f"target: {target.label()}")
     ax.set_xscale("log")
     ax.set_xlabel("event ts -> prediction log-append time (ms)")
     ax.set_ylabel("share of events at or below")

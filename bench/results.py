@@ -1,5 +1,5 @@
-"""What one run measured (`BenchResults`), where it ran, and the benchmark issue's targets
-against it: the figures that the report and the plots are made of."""
+"""What one run measured (`BenchResults`), where it ran, and its figures against the targets
+of bench/targets.py: what the report and the plots are made of."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import TYPE_CHECKING
 
-from worker.bench.drain import DrainResult
-from worker.bench.latency import LatencyResult
-from worker.bench.state import StateResult
-from worker.bench.stats import Target, kernel_rate_at
+from bench.drain import DrainResult
+from bench.latency import LatencyResult
+from bench.state import StateResult
+from bench.stats import Target, kernel_rate_at
+from bench.targets import KEYS_HELD, TARGETS
 from worker.synthetic import Produced
 
 if TYPE_CHECKING:
-    from worker.bench.kernel import KernelResult, NearDrain, Timing
+    from bench.kernel import KernelResult, NearDrain, Timing
 
 
 def machine() -> str:
@@ -54,7 +55,7 @@ class BenchResults:
     drain_input: Produced | None = None
     drain: DrainResult | None = None
     scaling: DrainResult | None = None
-    latency: LatencyResult | None = None  # at LOAD_SHARE of the drain rate
+    latency: LatencyResult | None = None  # at LATENCY_LOAD_SHARE of the drain rate
     state: StateResult | None = None
     plots: dict[str, str] = field(default_factory=dict)  # plot name -> path relative to the report
     errors: dict[str, str] = field(default_factory=dict)  # part -> why it failed
@@ -87,21 +88,23 @@ class BenchResults:
         return self.kernel.baseline("one compiled step")
 
 
-def targets(r: BenchResults) -> list[Target]:
+def measures(r: BenchResults) -> dict[str, float]:
+    """The figures the targets name, each of this run alone (NaN: its part did not run)."""
     nan = float("nan")
     d, s, lat = r.drain, r.state, r.latency
     drain = d.events_per_s if d else nan
-    classic, single = r.kernel.baseline("classic"), r.single_step
-    per_million = s.idle_rss + s.bytes_per_key * 1_000_000 if s else nan
-    return [
-        Target(
-            "drain >= 50% of the step kernel at the same mean round size", drain / r.kernel_at_drain, 0.5, unit="share"
-        ),
-        Target("one worker's drain >= 40,000 events/s", drain, 40_000, unit="events/s"),
-        Target("drain >= 500x the source's full-history approach", drain / classic.events_per_s, 500, unit="x"),
-        Target("drain >= 50x the per-event single-step call", drain / single.events_per_s, 50, unit="x"),
-        Target("p99 latency <= 50 ms at 50% load", lat.quantiles[99.0] if lat else nan, 50, False, "ms"),
-        Target("resident state <= 1.3x its raw bytes per key", s.vs_raw if s else nan, 1.3, False, "x"),
-        Target("1M keys in <= 3.5 GB RSS (idle + per key x 1M)", per_million / 1e9, 3.5, False, "GB"),
-        Target("restore >= 100,000 state records/s", s.restore_per_s if s else nan, 100_000, unit="records/s"),
-    ]
+    return {
+        "drain_vs_kernel": drain / r.kernel_at_drain,
+        "drain_per_s": drain,
+        "drain_vs_classic": drain / r.kernel.baseline("classic").events_per_s,
+        "drain_vs_single_step": drain / r.single_step.events_per_s,
+        "latency_p99_ms": lat.quantiles[99.0] if lat else nan,
+        "state_vs_raw": s.vs_raw if s else nan,
+        "rss_keys_held_gb": (s.idle_rss + s.bytes_per_key * KEYS_HELD) / 1e9 if s else nan,
+        "restore_per_s": s.restore_per_s if s else nan,
+    }
+
+
+def targets(r: BenchResults) -> list[Target]:
+    figures = measures(r)
+    return [Target(g.label(), figures[g.figure], g.limit, g.higher_is_better, g.unit) for g in TARGETS]

@@ -1,17 +1,16 @@
-"""BENCHMARKS.md from one run's results: a section per part, each saying how it was measured and
-on what, the ratios of that run, the issue's targets met or missed (by how much), the plots,
-and a hand-written analysis (`bench/ANALYSIS.md` next to the report) when there is one."""
+"""BENCHMARKS.md from one run's results, and nothing else: a section per part, each saying how it
+was measured and on what, the ratios of that run, the targets (bench/targets.py) met or missed
+(by how much), the plots. Why a figure is what it is belongs in the docs, not here."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from worker.bench.drain import DrainResult
-from worker.bench.latency import PRODUCER_LINGER_MS, LatencyResult
-from worker.bench.results import BenchResults, targets
-from worker.bench.stats import shares
-
-ANALYSIS = "bench/ANALYSIS.md"
+from bench.drain import DrainResult
+from bench.latency import LOW_LOAD_SHARE, PRODUCER_LINGER_MS, LatencyResult
+from bench.results import BenchResults, targets
+from bench.stats import shares
+from bench.targets import LATENCY_LOAD_SHARE
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], right: Sequence[int] = ()) -> list[str]:
@@ -33,7 +32,7 @@ def _plot(r: BenchResults, name: str, alt: str) -> list[str]:
 def kernel_section(r: BenchResults) -> list[str]:
     k = r.kernel
     lines = [
-        "## 1-2. Step kernel and the source's approaches",
+        "## 1-2. Step kernel and the source post's four approaches",
         "",
         _context(r),
         "",
@@ -52,8 +51,8 @@ def kernel_section(r: BenchResults) -> list[str]:
     events = k.baselines[0].events if k.baselines else 0
     lines += [
         "",
-        f"One key's {events} events, one at a time as the source blog did; each approach checked against",
-        "the full history (1e-5) before its time counts:",
+        f"One key's {events} events, one at a time as the source post's four approaches serve them, then the",
+        "twin's step per event; each checked against the full history (1e-5) before its time counts:",
         "",
     ]
     rows = [
@@ -117,8 +116,7 @@ def _broker_warmup_lines(w: LatencyResult | None) -> list[str]:
         "Before this part the broker was warmed up, not counted: a worker served",
         f"{w.achieved_per_s:,.0f} events/s for {w.seconds:.0f} s on a throwaway topic (latency meanwhile p50",
         f"{q[50.0]:,.0f} ms, p99 {q[99.0]:,.0f} ms). A broker just started compiles Kafka's hot paths under",
-        "its first minutes of load, on the cores the worker needs; a broker in service did that long ago",
-        "(analysis below).",
+        "its first minutes of load, on the cores the worker needs; a broker in service did that long ago.",
         "",
     ]
 
@@ -166,9 +164,10 @@ def latency_section(r: BenchResults) -> list[str]:
         "",
         _context(r),
         "",
-        f"A producer at {lat.target_per_s:,.0f} events/s (50% of the drain rate above) for {lat.seconds:.0f} s into a",
-        "fresh topic, then again at 25% into another, each with a fresh worker ready before the first",
-        f"event, default `--max-delay-ms`{', on the broker warmed up before part 3' if r.broker_warmup else ''}.",
+        f"A producer at {lat.target_per_s:,.0f} events/s ({LATENCY_LOAD_SHARE:.0%} of the drain rate above) for",
+        f"{lat.seconds:.0f} s into a fresh topic, then again at {LOW_LOAD_SHARE:.0%} into another, each with a fresh",
+        "worker ready before the first event, default `--max-delay-ms`"
+        f"{', on the broker warmed up before part 3' if r.broker_warmup else ''}.",
         "Latency = the prediction's log-append time - the event's `ts` (set when handed to the producer,",
         f"`linger.ms` {PRODUCER_LINGER_MS}). The events of the first",
         f"{lat.warmup_s:g} s warm the worker up: they are shown apart and not counted in the quantiles.",
@@ -197,9 +196,10 @@ def latency_section(r: BenchResults) -> list[str]:
             lambda run: f"{run.warmup_quantiles[50.0]:.1f} / {run.warmup_quantiles[99.0]:.1f}",
         ),
     ]
-    heads = ["measure", *(f"{share} load" for share in ("50%", "25%")[: len(runs)])]
+    heads = ["measure", *(f"{share:.0%} load" for share in (LATENCY_LOAD_SHARE, LOW_LOAD_SHARE)[: len(runs)])]
     right = tuple(range(1, len(runs) + 1))
-    return lines + table(heads, rows, right) + _plot(r, "latency", "latency distribution at 50% load")
+    alt = f"latency distribution at {LATENCY_LOAD_SHARE:.0%} load"
+    return lines + table(heads, rows, right) + _plot(r, "latency", alt)
 
 
 def state_section(r: BenchResults) -> list[str]:
@@ -267,28 +267,17 @@ def _join(values: list[int]) -> str:
 def targets_section(r: BenchResults) -> list[str]:
     rows = [(t.what, t.shown(), t.verdict()) for t in targets(r)]
     return [
-        "## Targets of the benchmark issue",
+        "## Targets",
         "",
         _context(r),
         "",
-        "Measured in this run (never asserted in tests); ratios are of figures of this same run. The",
-        "drain's ratios to the kernel and to the per-event step use those two timed again right after",
-        "the drain (section 3), when it was: this machine's speed moves from minute to minute.",
+        "The targets are bench/targets.py's; every verdict is of figures of this run alone (never",
+        "asserted in tests). The drain's ratios to the kernel and to the per-event step use those two",
+        "timed again right after the drain (section 3), when it was: this machine's speed moves from",
+        "minute to minute.",
         "",
         *table(["target", "measured", "verdict"], rows, (1,)),
     ]
-
-
-def analysis_section(analysis: str | None) -> list[str]:
-    if analysis is None:
-        return [
-            "## Analysis",
-            "",
-            f"<!-- analysis: write {ANALYSIS} (what bounds each missed target: profile, line) and the next",
-            "`make bench` includes it here -->",
-            f"No analysis yet: `{ANALYSIS}` does not exist.",
-        ]
-    return ["## Analysis", "", f"From `{ANALYSIS}`, written by hand (not by this run):", "", analysis.strip()]
 
 
 def _scheduling(r: BenchResults) -> list[str]:
@@ -318,12 +307,12 @@ def _errors(r: BenchResults) -> list[str]:
     return lines + [f"- {part}: `{why.splitlines()[0][:300]}`" for part, why in r.errors.items()]
 
 
-def render(r: BenchResults, analysis: str | None = None) -> str:
+def render(r: BenchResults) -> str:
     parts = [
         [
             "# Benchmarks",
             "",
-            "Written by `make bench` (`lstm-worker bench`); every figure below is from the one run that",
+            "Written by `make bench` (`python -m bench`); every figure below is from the one run that",
             f"wrote this file ({r.wall_s / 60:.1f} minutes), on one machine, against a real local Kafka broker.",
         ],
         _scheduling(r),
@@ -334,6 +323,5 @@ def render(r: BenchResults, analysis: str | None = None) -> str:
         latency_section(r),
         state_section(r),
         scaling_section(r),
-        analysis_section(analysis),
     ]
     return "\n\n".join("\n".join(p) for p in parts if p) + "\n"

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worker.bench.kafka_io import BenchKafka, partition_of
-from worker.bench.process import Launcher, Reading, WorkerProcess
+from bench.kafka_io import BenchKafka, partition_of
+from bench.process import Launcher, Reading, WorkerProcess
 from worker.codec import encode_event, encode_state
 from worker.synthetic import Produced, key_name
 

@@ -1,5 +1,5 @@
 """The benchmark's arithmetic: percentiles, the kernel's rate at a round size, phase shares,
-rates from timestamps, and the verdicts against the issue's targets."""
+rates from timestamps, and the verdicts against a target."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from worker.bench.stats import Target, events_per_s, kernel_rate_at, percentiles, phase_deltas, shares
+from bench.stats import Target, events_per_s, kernel_rate_at, percentiles, phase_deltas, shares
 
 SWEEP = [
     ("tf", 1, 0.001),  # 1,000 events/s

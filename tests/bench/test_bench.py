@@ -1,5 +1,5 @@
-"""The benchmark's arithmetic and its baselines: the source blog's four approaches and the
-per-event twin step must all give the full-history outputs (the blog's own assertion)."""
+"""The benchmark's arithmetic and its baselines: the source post's four approaches and the
+per-event twin step must all give the full-history outputs (the source post's own check)."""
 
 import os
 import threading
@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 from confluent_kafka import Producer
 
-from worker.bench.kernel import baselines, flops_per_event, time_near_drain
-from worker.bench.latency import event_encoder, lower_priority
-from worker.bench.scrape import parse_nice
+from bench.kernel import baselines, flops_per_event, time_near_drain
+from bench.latency import event_encoder, lower_priority
+from bench.scrape import parse_nice
 from worker.codec import EventDecoder, encode_event
 from worker.model.reference import make_reference_model
 

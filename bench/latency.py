@@ -21,19 +21,20 @@ from dataclasses import dataclass, field
 import msgpack
 import numpy as np
 
-from worker.bench.kafka_io import BenchKafka, FastProducer, partition_of
-from worker.bench.process import Launcher, wait_predicted
-from worker.bench.scrape import machine_ticks
-from worker.bench.stats import events_per_s, percentiles
+from bench.kafka_io import BenchKafka, FastProducer, partition_of
+from bench.process import Launcher, wait_predicted
+from bench.scrape import machine_ticks
+from bench.stats import events_per_s, percentiles
 from worker.config import KafkaConfig
 from worker.synthetic import key_name
 
 log = logging.getLogger(__name__)
-# librdkafka's default, as a user's producer has it. The load generator shares the two cores
-# with the broker and the worker under test, and at 1 ms it cost the broker a third of a core
-# more at 20,000 events/s (0.80-0.84 cores against 0.48-0.53 at 5 ms, producing alone,
-# throwaway runs alternating); its own librdkafka thread 0.19-0.23 against 0.16.
+# librdkafka's default, as a user's producer has it: a shorter linger costs the broker, which
+# shares the cores with the worker under test, more CPU per event.
 PRODUCER_LINGER_MS = 5
+# The second latency run's share of the drain rate (the first is the target's, bench/targets.py):
+# the load generator shares the cores, and what a worker serves live when it keeps up is shown too.
+LOW_LOAD_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,8 @@ class LatencyResult:
 
 
 def event_encoder() -> Callable[[bytes, int], bytes]:
-    """`encode_event`'s bytes from x already as raw float32, by one reused Packer: 1.5 us an
-    event instead of 4 (throwaway timing), CPU the load generator takes from the worker."""
+    """`encode_event`'s bytes from x already as raw float32, by one reused Packer: less of the CPU
+    the load generator takes from the worker under test."""
     pack = msgpack.Packer(use_bin_type=True).pack
     return lambda x, ts: pack({"x": x, "ts": ts})
 
@@ -120,7 +121,7 @@ def generate(
     """`paced_send` by a producer of its own on a thread of its own at `nice`, librdkafka's threads
     included: (sent, seconds, the nice value it ran at). The load generator stands for producers
     on other machines; here it shares the cores with the worker under test, and at a lower
-    priority the scheduler serves the worker first (BENCHMARKS.md analysis)."""
+    priority the scheduler serves the worker first."""
 
     def run() -> tuple[int, float, int]:
         ran_at = lower_priority(nice)

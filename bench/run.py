@@ -14,25 +14,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.bench.drain import DrainResult, drain, preload
-from worker.bench.kafka_io import BenchError, BenchKafka
-from worker.bench.latency import latency
-from worker.bench.process import Launcher
-from worker.bench.report import ANALYSIS, render
-from worker.bench.results import BenchResults, Scheduling, machine
-from worker.bench.scrape import process_nice
-from worker.bench.state import state
+from bench.drain import DrainResult, drain, preload
+from bench.kafka_io import BenchError, BenchKafka
+from bench.latency import LOW_LOAD_SHARE, latency
+from bench.process import Launcher
+from bench.report import render
+from bench.results import BenchResults, Scheduling, machine
+from bench.scrape import process_nice
+from bench.state import state
+from bench.targets import LATENCY_LOAD_SHARE, goal
 from worker.config import KafkaConfig
 from worker.errors import ConfigError
 
 log = logging.getLogger(__name__)
-LOAD_SHARE = 0.5  # of the one-worker drain rate, for the latency part
-LOW_LOAD_SHARE = 0.25  # and again at a quarter: the load generator shares the cores, a live event costs more
-# Live load on a throwaway topic before part 3, not counted. A broker just started compiles Kafka's
-# hot paths under its first minutes of load: its JIT compiler thread took 0.3-0.5 cores of these
-# two, and live p99 at 18,000 events/s fell from 6.8 s and 2.0 s in the first two 40-s runs on a
-# fresh broker to 130-150 ms in the next two (throwaway runs, BENCHMARKS.md analysis). A broker in
-# service compiled them long ago; the parts measure the worker, not the JVM's warm-up.
+# Live load on a throwaway topic before part 3, not counted: a broker just started compiles Kafka's
+# hot paths under its first minutes of load, on the cores the worker needs; one in service did long ago.
 BROKER_WARMUP_PER_S = 12_000
 
 
@@ -55,7 +51,7 @@ class BenchOptions:
 
     def command(self, bootstrap: str | None) -> str:
         words = [
-            "lstm-worker bench",
+            "python -m bench",
             f"--out {self.out}",
             f"--events {self.events}",
             f"--min-seconds {self.min_seconds:g}",
@@ -83,11 +79,11 @@ class BenchOptions:
 
 
 def run_benchmarks(options: BenchOptions, kafka: KafkaConfig | None) -> BenchResults:
-    from worker.bench.kernel import measure_kernel
+    from bench.kernel import measure_kernel
 
     started = time.monotonic()
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    log.info("bench: parts 1-2, step kernel sweep and the source's baselines (load average %s)", load)
+    log.info("bench: parts 1-2, step kernel sweep and the source post's four approaches (load average %s)", load)
     results = BenchResults(
         command=options.command(None if kafka is None else kafka.bootstrap_servers),
         date=time.strftime("%Y-%m-%d %H:%M %Z"),
@@ -165,7 +161,7 @@ def kafka_parts(results: BenchResults, options: BenchOptions, kafka: KafkaConfig
         results.drain_input = data.produced
 
         def one() -> None:
-            from worker.bench.kernel import time_near_drain
+            from bench.kernel import time_near_drain
 
             results.drain = _checked(drain(bench, launcher, data, workers=1))
             results.near_drain = time_near_drain(
@@ -178,7 +174,7 @@ def kafka_parts(results: BenchResults, options: BenchOptions, kafka: KafkaConfig
         def load() -> None:
             if results.drain is None:
                 raise BenchError("no drain rate to take a share of")
-            for share in (LOAD_SHARE, LOW_LOAD_SHARE):
+            for share in (LATENCY_LOAD_SHARE, LOW_LOAD_SHARE):
                 rate = share * results.drain.events_per_s
                 log.info("bench: part 4, latency at %.0f events/s for %.0f s", rate, options.latency_seconds)
                 measured = latency(
@@ -191,7 +187,7 @@ def kafka_parts(results: BenchResults, options: BenchOptions, kafka: KafkaConfig
                     name=f"latency{round(share * 100)}",
                     generator_nice=options.load_nice,
                 )
-                if share == LOAD_SHARE:
+                if share == LATENCY_LOAD_SHARE:
                     results.latency = measured
                 else:
                     results.latency_low = measured
@@ -225,7 +221,7 @@ def draw_plots(results: BenchResults, out_dir: Path) -> dict[str, str]:
     except ImportError:
         log.warning("no plots: matplotlib is missing (pip install 'lstm-stream-worker[demo]')")
         return {}
-    from worker.bench.plots import kernel_plot, latency_plot, phases_plot
+    from bench.plots import kernel_plot, latency_plot, phases_plot
 
     (out_dir / "bench").mkdir(parents=True, exist_ok=True)
     k, plots = results.kernel, {"kernel": "bench/kernel.png"}
@@ -238,7 +234,9 @@ def draw_plots(results: BenchResults, out_dir: Path) -> dict[str, str]:
     if results.latency:
         plots["latency"] = "bench/latency.png"
         lat = results.latency
-        latency_plot(out_dir / plots["latency"], lat.latency_ms, lat.target_per_s, lat.warmup_latency_ms)
+        latency_plot(
+            out_dir / plots["latency"], lat.latency_ms, lat.target_per_s, lat.warmup_latency_ms, goal("latency_p99_ms")
+        )
     if results.drain:
         plots["phases"] = "bench/phases.png"
         runs = {"one worker": results.drain.busy_s} | (
@@ -253,9 +251,7 @@ def write_benchmarks(options: BenchOptions, kafka: KafkaConfig | None = None) ->
     results = run_benchmarks(options, kafka)
     out = Path(options.out)
     results.plots = draw_plots(results, out.parent)
-    analysis_path = out.parent / ANALYSIS
-    analysis = analysis_path.read_text() if analysis_path.exists() else None
-    out.write_text(render(results, analysis))
+    out.write_text(render(results))
     if results.errors:
         raise BenchError(f"{out} written, but these parts failed: {'; '.join(results.errors)}")
     return results

@@ -59,7 +59,7 @@ def events_per_s(count: int, first_ms: float, last_ms: float) -> float:
 
 @dataclass(frozen=True)
 class Target:
-    """One of the issue's targets against its measured value."""
+    """A target of bench/targets.py against the value a run measured."""
 
     what: str
     measured: float
