@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from tests.cluster.checks import check_outcome, forget_admins, record_row
 from tests.cluster.cluster import REPO, ClusterError, LocalCluster, kafka_partition_for
+from tests.integration.conftest import Topics
 from tests.integration.kafka_io import metric
 from worker.config import KafkaConfig
 from worker.kafka.topics import create_topic
@@ -38,6 +40,12 @@ pytestmark = [pytest.mark.cluster, pytest.mark.integration]
 PARTITIONS = 6
 FEATURES = 4
 SIGKILL_DOWN_S = 15.0  # how long the killed broker stays down
+KEYS = 120  # per guarantee's stream in the broker faults
+
+
+def new_topics() -> Topics:
+    run = uuid.uuid4().hex[:10]
+    return Topics(f"events-{run}", f"predictions-{run}")
 
 
 def worker_args(guarantee: str, *extra: str) -> tuple[str, ...]:
@@ -353,7 +361,6 @@ def start_node(cluster: LocalCluster, node: int) -> None:
 # -- 1. workers started at once on a fresh input topic ------------------------------------
 
 
-@pytest.mark.open_defect  # the first group of a new cluster: the start-up access check times out (docs)
 def test_workers_started_at_once_all_join(healthy_cluster, kafka, topics, model_file, start_worker, tmp_path) -> None:
     """Three workers at the same moment, none of their topics there but the input: each
     creates or waits for the others' output, state and dead-letter topics, all three join and
@@ -417,94 +424,130 @@ def _topics_led_by(cluster: LocalCluster, node: int, topics: Any) -> None:
             time.sleep(0.2)
 
 
-# exactly once: send_offsets_to_transaction hangs when the group coordinator moves (docs/fault-tolerance.md)
-@pytest.mark.parametrize("guarantee", ["at_least_once", pytest.param("exactly_once_v2", marks=pytest.mark.open_defect)])
-def test_sigkill_of_the_leading_broker(
-    healthy_cluster, kafka, topics, model_file, start_worker, tmp_path, guarantee
-) -> None:
-    """The broker X that leads every input and state partition and coordinates the group is
+GUARANTEES = ("at_least_once", "exactly_once_v2")
+
+
+@dataclass
+class GroupRun:
+    """One guarantee's share of a fault: its topics, its group, its workers and its stream (both
+    guarantees go through the same fault at once, each on its own)."""
+
+    guarantee: str
+    topics: Topics
+    group_id: str
+    workers: list[Any]
+    stream: Stream | None = None
+    watch: RecoveryWatch | None = None
+
+    def start_stream(self, kafka: KafkaConfig, events_per_key: int, rate: float, seed: int) -> None:
+        self.stream = Stream(kafka, self.topics.input, keys=KEYS, events_per_key=events_per_key, rate=rate, seed=seed)
+
+    def quarter_predicted(self) -> bool:
+        assert self.stream is not None
+        return predictions(self.workers) >= self.stream.events / 4
+
+    def watch_recovery(self, kafka: KafkaConfig, tmp_path: Path) -> None:
+        log_dir = tmp_path / self.guarantee
+        log_dir.mkdir(exist_ok=True)
+        self.watch = RecoveryWatch(kafka, self.topics.input, self.group_id, 150, log_dir)
+
+    def finish(self, kafka: KafkaConfig, model: Path, fault: str, tmp_path: Path) -> Any:
+        """The stream finished and drained; every prediction checked (the row recorded)."""
+        assert self.stream is not None and self.watch is not None
+        self.stream.finish(60, self.workers)
+        recovery_s = self.watch.result(self.workers)
+        drain(kafka, self.topics.input, self.group_id, self.workers, tmp_path / self.guarantee)
+        return check_and_record(kafka, self.topics, model, self.guarantee, self.group_id, fault, recovery_s)
+
+
+def assert_exact(runs: Sequence[GroupRun], outcomes: Sequence[Any], when: str) -> None:
+    everyone = [w for run in runs for w in run.workers]
+    assert_alive(everyone, when)
+    for run, outcome in zip(runs, outcomes, strict=True):
+        assert outcome.state_keys == KEYS, outcome
+        outcome.assert_exact(run.guarantee)
+    stop_all(everyone)
+
+
+def test_sigkill_of_the_leading_broker(healthy_cluster, kafka, model_file, start_worker, tmp_path) -> None:
+    """The broker X that leads every input and state partition and coordinates the groups is
     SIGKILLed mid-stream and started again 15 s later: leaders and the coordinator move to the
-    two left (min.insync.replicas 2), the workers wait it out, nothing is lost or doubled."""
+    two left (min.insync.replicas 2), the workers wait it out, nothing is lost or doubled. Both
+    guarantees at once, each its own group of two workers."""
     cluster = healthy_cluster
     model = model_file("lstm", (32, 16))
     group_coordinator(cluster, f"probe-{uuid.uuid4().hex[:8]}", tmp_path)  # creates __consumer_offsets if need be
     cluster.wait_healthy(timeout=60)
     node = cluster.leader("__consumer_offsets", 0)  # one that leads a coordinator partition
-    group_id = _group_coordinated_by(cluster, node, f"group-{topics.input}")
-    _topics_led_by(cluster, node, topics)
-
-    workers = [start_worker(model, topics, *worker_args(guarantee, "--group-id", group_id)) for _ in range(2)]
-    for w in workers:
+    runs = []
+    for guarantee in GUARANTEES:
+        topics = new_topics()
+        group_id = _group_coordinated_by(cluster, node, f"group-{topics.input}")
+        _topics_led_by(cluster, node, topics)
+        args = worker_args(guarantee, "--group-id", group_id)
+        runs.append(GroupRun(guarantee, topics, group_id, [start_worker(model, topics, *args) for _ in range(2)]))
+    everyone = [w for run in runs for w in run.workers]
+    for w in everyone:
         w.wait_ready(timeout=120)
-    coordinator = group_coordinator(cluster, group_id, tmp_path)
-    assert coordinator == node, f"group {group_id} coordinated by {coordinator}, not {node}"
+    for run in runs:
+        coordinator = group_coordinator(cluster, run.group_id, tmp_path)
+        assert coordinator == node, f"group {run.group_id} coordinated by {coordinator}, not {node}"
     controller = cluster.admin().describe_cluster(request_timeout=10).result().controller.id
-    print(f"node X={node} (controller {controller}) leads {topics.input}, {topics.state} and group {group_id}")
+    print(f"node X={node} (controller {controller}) leads the topics and groups of {[r.group_id for r in runs]}")
 
-    stream = Stream(kafka, topics.input, keys=120, events_per_key=90, rate=300, seed=42)
-    wait_for(lambda: predictions(workers) >= stream.events / 4, 60, "a quarter of the predictions", workers)
-    watch = RecoveryWatch(kafka, topics.input, group_id, 150, tmp_path)
+    for seed, run in enumerate(runs, start=42):
+        run.start_stream(kafka, events_per_key=90, rate=300, seed=seed)
+    wait_for(lambda: all(run.quarter_predicted() for run in runs), 60, "a quarter of the predictions", everyone)
+    for run in runs:
+        run.watch_recovery(kafka, tmp_path)
     cluster.kill_node(node)
     killed = time.monotonic()
-    wait_for(lambda: time.monotonic() - killed >= SIGKILL_DOWN_S, SIGKILL_DOWN_S + 5, f"node {node} down", workers)
-    going = "done" if stream.done() else "going on"
+    wait_for(lambda: time.monotonic() - killed >= SIGKILL_DOWN_S, SIGKILL_DOWN_S + 5, f"node {node} down", everyone)
     start_node(cluster, node)
-    cluster.wait_healthy(timeout=90, topics=[topics.input, topics.state])
-    print(f"node {node} back {time.monotonic() - killed:.1f} s after its SIGKILL (stream {going} at its restart)")
-    stream.finish(60, workers)
-    recovery_s = watch.result(workers)
-    drain(kafka, topics.input, group_id, workers, tmp_path)
-
-    outcome = check_and_record(kafka, topics, model, guarantee, group_id, "SIGKILL leader+coordinator", recovery_s)
-    assert_alive(workers, "after the fault")
-    assert outcome.state_keys == 120, outcome
-    outcome.assert_exact(guarantee)
-    stop_all(workers)
+    cluster.wait_healthy(timeout=90, topics=[t for run in runs for t in (run.topics.input, run.topics.state)])
+    print(f"node {node} back {time.monotonic() - killed:.1f} s after its SIGKILL")
+    outcomes = [run.finish(kafka, model, "SIGKILL leader+coordinator", tmp_path) for run in runs]
+    assert_exact(runs, outcomes, "after the fault")
 
 
 # -- 3. rolling restart -------------------------------------------------------------------
 
 
-# exactly once: send_offsets_to_transaction hangs when the group coordinator moves (docs/fault-tolerance.md)
-@pytest.mark.parametrize("guarantee", ["at_least_once", pytest.param("exactly_once_v2", marks=pytest.mark.open_defect)])
-def test_rolling_restart_under_load(
-    healthy_cluster, kafka, topics, model_file, start_worker, tmp_path, guarantee
-) -> None:
+def test_rolling_restart_under_load(healthy_cluster, kafka, model_file, start_worker, tmp_path) -> None:
     """Each broker in turn stopped gracefully (controlled shutdown: its leaders move first),
-    started again and waited for until every replica is back in sync, under a steady stream."""
+    started again and waited for until every replica is back in sync, under a steady stream.
+    Both guarantees at once, each its own group of two workers."""
     cluster = healthy_cluster
     model = model_file("lstm", (32, 16))
-    create_topic(AdminClient(kafka.admin()), topics.input, PARTITIONS, replication_factor=3)
-    group_id = f"group-{topics.input}"
-    workers = [start_worker(model, topics, *worker_args(guarantee)) for _ in range(2)]
-    for w in workers:
+    runs = []
+    for guarantee in GUARANTEES:
+        topics = new_topics()
+        create_topic(AdminClient(kafka.admin()), topics.input, PARTITIONS, replication_factor=3)
+        workers = [start_worker(model, topics, *worker_args(guarantee)) for _ in range(2)]
+        runs.append(GroupRun(guarantee, topics, f"group-{topics.input}", workers))
+    everyone = [w for run in runs for w in run.workers]
+    for w in everyone:
         w.wait_ready(timeout=120)
-    watched = [topics.input, topics.output, topics.state, topics.dlq]
+    watched = [t for run in runs for t in (run.topics.input, run.topics.output, run.topics.state, run.topics.dlq)]
 
-    stream = Stream(kafka, topics.input, keys=120, events_per_key=160, rate=260, seed=43)
-    wait_for(lambda: predictions(workers) >= stream.events / 4, 60, "a quarter of the predictions", workers)
-    watch = RecoveryWatch(kafka, topics.input, group_id, 150, tmp_path)
+    for seed, run in enumerate(runs, start=43):
+        run.start_stream(kafka, events_per_key=160, rate=260, seed=seed)
+    wait_for(lambda: all(run.quarter_predicted() for run in runs), 60, "a quarter of the predictions", everyone)
+    for run in runs:
+        run.watch_recovery(kafka, tmp_path)
     rolled = time.monotonic()
     for node in cluster.node_ids:
         began = time.monotonic()
         cluster.stop_node(node)
         stopped = time.monotonic()
-        assert_alive(workers, f"after node {node} stopped")
+        assert_alive(everyone, f"after node {node} stopped")
         start_node(cluster, node)
         back = time.monotonic()
         cluster.wait_healthy(timeout=90, topics=watched)
-        assert_alive(workers, f"after node {node} came back")
+        assert_alive(everyone, f"after node {node} came back")
         print(
             f"node {node}: stopped in {stopped - began:.1f} s, started in {back - stopped:.1f} s, in sync "
-            f"{time.monotonic() - back:.1f} s later; {time.monotonic() - rolled:.1f} s into the rolling restart, "
-            f"stream {'done' if stream.done() else 'going on'}"
+            f"{time.monotonic() - back:.1f} s later; {time.monotonic() - rolled:.1f} s into the rolling restart"
         )
-    stream.finish(60, workers)
-    recovery_s = watch.result(workers)
-    drain(kafka, topics.input, group_id, workers, tmp_path)
-
-    outcome = check_and_record(kafka, topics, model, guarantee, group_id, "rolling restart", recovery_s)
-    assert_alive(workers, "after the rolling restart")
-    assert outcome.state_keys == 120, outcome
-    outcome.assert_exact(guarantee)
-    stop_all(workers)
+    outcomes = [run.finish(kafka, model, "rolling restart", tmp_path) for run in runs]
+    assert_exact(runs, outcomes, "after the rolling restart")

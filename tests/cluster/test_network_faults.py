@@ -40,10 +40,7 @@ LOSS_PERCENT, LOSS_S = 20, 4.0
 BLACKHOLE_S = 18.0  # the session times out after 10 s without a heartbeat (the worker's session.timeout.ms)
 
 
-# exactly once: a previous owner's transaction that commits after the new owner restored its
-# state partitions leaves that owner with older states than its offsets (docs/fault-tolerance.md,
-# "Open: a late commit of the previous owner"); `make test-open` runs it
-@pytest.mark.parametrize("guarantee", ["at_least_once", pytest.param("exactly_once_v2", marks=pytest.mark.open_defect)])
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once_v2"])
 def test_latency_loss_then_a_blackhole_past_the_session_timeout(
     healthy_cluster: LocalCluster,
     kafka,
