@@ -23,6 +23,7 @@ from worker.batching import Batcher, Events
 from worker.codec import EventDecoder, dead_letter_headers
 from worker.config import RunConfig
 from worker.errors import KafkaDeliveryError, StuckClientError
+from worker.kafka.access import STATE_READER_SUFFIX
 from worker.kafka.output import OutputProducer, position
 from worker.kafka.reader import TopicReader
 from worker.kafka.topics import ensure_worker_topics
@@ -83,7 +84,7 @@ class Worker:
         kafka = config.kafka
         # states of aborted transactions are never read (librdkafka's default, stated on purpose)
         reader_settings = kafka.consumer(
-            config.group_id + ".state-reader",
+            config.group_id + STATE_READER_SUFFIX,
             **{
                 "fetch.wait.max.ms": 20,
                 "isolation.level": "read_committed",

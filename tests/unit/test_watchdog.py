@@ -137,7 +137,7 @@ def test_a_replaceable_call_that_does_not_return_raises_for_the_caller_to_replac
     producer = OutputProducer({"bootstrap.servers": "127.0.0.1:1", "transactional.id": "t", "log_level": 0})
     release = threading.Event()
     started = time.monotonic()
-    with pytest.raises(StuckClientError, match="producer.send_offsets_to_transaction did not return within 0.3 s"):
+    with pytest.raises(StuckClientError, match=r"producer.send_offsets_to_transaction did not return within 0.3 s"):
         producer._retrying("send_offsets_to_transaction", 0.1, lambda _: release.wait(30), replaceable=True)
     assert time.monotonic() - started < 5
     stuck = [t for t in threading.enumerate() if t.name == "producer.send_offsets_to_transaction"]
