@@ -28,8 +28,8 @@ XFormat = Literal["bytes", "list"]
 
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
 
-# At least once, a longer interval writes each active key's state less often but replays more after
-# a crash (30 s is Kafka Streams' default); exactly once, outputs show only at the commit: the latency floor
+# At least once, a longer interval writes each active key's state less often but replays more after a
+# crash (Kafka Streams' default); exactly once, outputs become visible at a commit: it is their latency floor
 COMMIT_INTERVAL_MS: Mapping[Guarantee, int] = MappingProxyType({"at_least_once": 30000, "exactly_once_v2": 1000})
 
 
@@ -51,7 +51,7 @@ class Option:
     minimum: float | None = None
     maximum: float | None = None
     above: float | None = None  # every accepted value is more than this
-    accepts: str = ""  # the accepted values in words, when the bounds alone do not say what they mean
+    accepts: str = ""  # `accepted` in words, when the bounds alone do not say what the values mean
     unset: str = ""  # what no value (default None) means, e.g. a name derived from another option
     case_insensitive: bool = False  # choices given in any case, kept upper case
     dest: str = ""  # argparse attribute; the flag's name with underscores when empty
