@@ -116,7 +116,7 @@ class Option:
         )
         if not ok:
             shown = repr(value) if isinstance(value, str) else str(value)
-            raise ConfigError(f"{self.flag} / {self.env} must be {self.accepted}, got {shown}")
+            raise ConfigError(f"{self.flag} must be {self.accepted}, got {shown}: set {self.flag} or {self.env}")
 
 
 BOOTSTRAP_SERVERS = Option("--bootstrap-servers", str, "127.0.0.1:9092", "Kafka bootstrap servers")

@@ -80,12 +80,12 @@ def test_a_bad_setting_names_its_flag_its_variable_and_what_to_set(model_file):
     topics = {"input_topic": "i", "output_topic": "o", "state_topic": "s", "dlq_topic": "d"}
     with pytest.raises(ConfigError) as info:
         RunConfig(kafka, model_file, **topics, max_steps=0)
-    assert str(info.value) == "--max-steps / LSTM_WORKER_MAX_STEPS must be at least 1, got 0"
+    assert str(info.value) == "--max-steps must be at least 1, got 0: set --max-steps or LSTM_WORKER_MAX_STEPS"
     with pytest.raises(ConfigError) as info:
         RunConfig(kafka, model_file, **topics, processing_guarantee="exactly_once")
     assert str(info.value) == (
-        "--processing-guarantee / LSTM_WORKER_PROCESSING_GUARANTEE must be at_least_once or exactly_once_v2, "
-        "got 'exactly_once'"
+        "--processing-guarantee must be at_least_once or exactly_once_v2, got 'exactly_once': "
+        "set --processing-guarantee or LSTM_WORKER_PROCESSING_GUARANTEE"
     )
 
 
