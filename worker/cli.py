@@ -2,12 +2,12 @@
 
 Every option also reads `LSTM_WORKER_<OPTION>` (upper case, dashes as underscores);
 a flag given on the command line wins. librdkafka settings: `-X key=value`.
+The options are declared in worker/options.py; docs/configuration.md lists them.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -17,15 +17,20 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
-from worker.config import BACKENDS, ENV_PREFIX, KafkaConfig, RunConfig, parse_kafka_overrides, redact_text
+from worker.config import KafkaConfig, RunConfig, parse_kafka_overrides, redact_text
 from worker.errors import ConfigError, WorkerError
 from worker.heap import keep_freed_memory
+from worker.options import (
+    BOOTSTRAP_SERVERS,
+    MAKE_MODEL_OPTIONS,
+    PRODUCE_OPTIONS,
+    RUN_OPTIONS,
+    VERIFY_OPTIONS,
+    Option,
+    env_name,
+)
 
 log = logging.getLogger(__name__)
-
-
-def _env_name(flag: str) -> str:
-    return ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,7 +53,7 @@ def _option(
     **kwargs: Any,
 ) -> None:
     """A flag whose default comes from its environment variable, else `default`."""
-    env = _env_name(flag)
+    env = env_name(flag)
     raw = os.environ.get(env)
     if raw is not None:
         problems = parser.get_default("env_problems") or []
@@ -66,8 +71,14 @@ def _option(
     parser.add_argument(flag, type=kind, default=default, required=required, help=help_text + suffix, **kwargs)
 
 
+def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
+    for o in options:
+        choices = {"choices": list(o.choices)} if o.choices else {}
+        _option(parser, o.flag, o.parse, o.default, o.required, dest=o.dest, help=o.help_line, **choices)
+
+
 def _kafka_options(parser: argparse.ArgumentParser) -> None:
-    _option(parser, "--bootstrap-servers", default="127.0.0.1:9092", help="Kafka bootstrap servers")
+    _add_options(parser, [BOOTSTRAP_SERVERS])
     parser.add_argument(
         "-X",
         dest="kafka_settings",
@@ -93,118 +104,24 @@ def _given_kafka_settings(args: argparse.Namespace) -> dict[str, str]:
 def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="run one consumer-group member")
     _kafka_options(p)
-    _option(p, "--model", required=True, help="Keras model file (.keras)")
-    _option(p, "--input-topic", required=True, help="events topic")
-    _option(p, "--output-topic", required=True, help="predictions topic (created if missing)")
-    _option(p, "--state-topic", help="compacted state topic (default INPUT.state)")
-    _option(p, "--dlq-topic", help="dead-letter topic (default INPUT.dlq)")
-    _option(
-        p,
-        "--replication-factor",
-        int,
-        0,
-        help="replicas of the output, state and dead-letter topics the worker creates (0: the input topic's)",
-    )
-    _option(p, "--group-id", default="lstm-worker", help="consumer group")
-    _option(p, "--max-batch-keys", int, 1024, help="keys per model round")
-    _option(p, "--max-delay-ms", int, 5, help="how long the oldest pending event may wait for a fuller round")
-    _option(p, "--max-steps", int, 16, help="steps per key per round")
-    _option(
-        p, "--cache-keys", int, 100_000, help="states kept in memory (LRU); the rest are read back from the state topic"
-    )
-    _option(
-        p,
-        "--commit-interval-ms",
-        int,
-        help="time between commit points (default 30000 at least once, 1000 exactly once)",
-    )
-    _option(p, "--metrics-host", default="0.0.0.0", help="bind address of /metrics, /healthz, /readyz")
-    _option(p, "--metrics-port", int, 9100, help="port of /metrics, /healthz, /readyz (0: none)")
-    _option(
-        p,
-        "--features",
-        int,
-        0,
-        help="numbers per event the producers send; a model of another count is refused at start (0: the model's)",
-    )
-    _option(
-        p,
-        "--backend",
-        default="auto",
-        choices=list(BACKENDS),
-        help="step kernel: numpy (no per-call framework cost), tf, xla; auto: numpy when every layer has a NumPy form",
-    )
-    _option(p, "--max-event-bytes", int, 1_048_576, help="larger events go to the dead-letter topic (too_large)")
-    _option(p, "--poll-batch", int, 4096, help="records per consume() call")
-    _option(
-        p,
-        "--group-instance-id",
-        help="static group membership: a restart within the session timeout keeps the partitions",
-    )
-    _option(
-        p,
-        "--on-model-mismatch",
-        default="reset",
-        choices=["reset", "fail"],
-        help="a stored state of another model: start that key from zero (counted), or stop",
-    )
-    _option(
-        p,
-        "--processing-guarantee",
-        default="at_least_once",
-        choices=["at_least_once", "exactly_once_v2"],
-        help="exactly_once_v2: predictions, states and offsets commit in one transaction",
-    )
-    _option(
-        p,
-        "--state-ttl",
-        float,
-        0.0,
-        dest="state_ttl_s",
-        help="seconds of stream time after which an idle key's state is deleted; 0: never",
-    )
-    _option(
-        p,
-        "--shutdown-timeout-s",
-        float,
-        30.0,
-        help="after SIGTERM/SIGINT, seconds to finish the round, flush and commit; past it the worker exits 75 "
-        "without committing what the brokers did not acknowledge (keep it below the orchestrator's grace period)",
-    )
-    _option(p, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    _add_options(p, RUN_OPTIONS)
 
 
 def _add_make_model(sub: Any) -> None:
     p = sub.add_parser("make-model", help="write the reference model (4 -> LSTM 100 -> LSTM 200 -> Dense 1)")
-    _option(p, "--out", required=True, help="output .keras path")
-    _option(p, "--features", int, 4, help="input features per event")
-    _option(p, "--units", default="100,200", help="units of each recurrent layer, comma-separated")
-    _option(p, "--cell", default="lstm", choices=["lstm", "gru", "simple"], help="recurrent cell")
-    _option(p, "--seed", int, 0, help="weight seed")
+    _add_options(p, MAKE_MODEL_OPTIONS)
 
 
 def _add_produce(sub: Any) -> None:
     p = sub.add_parser("produce", help="produce synthetic events, keys shuffled together")
     _kafka_options(p)
-    _option(p, "--topic", required=True, help="events topic (created with --partitions if missing)")
-    _option(p, "--keys", int, 100, help="distinct keys")
-    _option(p, "--events-per-key", int, 50, help="events per key")
-    _option(p, "--features", int, 4, help="features per event")
-    _option(p, "--rate", float, 0.0, help="events per second (0: as fast as possible)")
-    _option(p, "--seed", int, 0, help="random seed of values and interleaving")
-    _option(p, "--partitions", int, 4, help="partitions when the topic is created")
-    _option(p, "--x-format", default="bytes", choices=["bytes", "list"], help="x as float32 bytes or a list")
+    _add_options(p, PRODUCE_OPTIONS)
 
 
 def _add_verify(sub: Any) -> None:
     p = sub.add_parser("verify", help="check every prediction against the model on the full history")
     _kafka_options(p)
-    _option(p, "--model", required=True, help="the Keras model file the workers serve")
-    _option(p, "--input-topic", required=True, help="events topic")
-    _option(p, "--output-topic", required=True, help="predictions topic")
-    _option(p, "--tolerance", float, 1e-5, help="largest accepted absolute difference")
-    _option(p, "--timeout-s", float, 60.0, help="give up when no new prediction arrived for this long")
-    _option(p, "--plot", help="also write a PNG of a few keys' streaming vs full-history predictions (needs [demo])")
+    _add_options(p, VERIFY_OPTIONS)
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
 
@@ -228,14 +145,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _run_worker(args: argparse.Namespace) -> int:
     from worker.kafka.access import check_client_access
 
-    derived = {"kafka", "model_path", "state_topic", "dlq_topic"}
-    config = RunConfig(
-        kafka=_kafka(args),
-        model_path=args.model,
-        state_topic=args.state_topic or f"{args.input_topic}.state",
-        dlq_topic=args.dlq_topic or f"{args.input_topic}.dlq",
-        **{f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if f.name not in derived},
-    )
+    config = RunConfig.from_options(_kafka(args), vars(args))
     log.info("configuration: %r", config)  # KafkaConfig's repr hides secrets
     # wrong credentials or a missing group ACL stop the worker in a second, before TensorFlow loads
     check_client_access(config.kafka, config.group_id)
@@ -335,7 +245,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=getattr(args, "log_level", "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        level=getattr(args, "log_level", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # The NumPy step kernel's products on one BLAS thread (read when NumPy loads, which no

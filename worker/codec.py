@@ -1,6 +1,6 @@
 """Wire formats (version 1): events, predictions, state records and dead letters.
 
-All values are msgpack maps; DESIGN.md is the contract. Decoding is bounded by the
+All values are msgpack maps; docs/wire-format.md is the contract. Decoding is bounded by the
 record's own size and fixed container limits, and refuses any type it does not expect,
 so a hostile record costs one CodecError, never the worker.
 """

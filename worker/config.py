@@ -1,7 +1,7 @@
 """Worker configuration: one frozen, typed object, validated once, and the librdkafka dicts.
 
 Every option comes from a CLI flag or an `LSTM_WORKER_<OPTION>` environment variable
-(flags win). librdkafka settings pass through as `-X key=value` or as
+(flags win), as declared in worker/options.py. librdkafka settings pass through as `-X key=value` or as
 `LSTM_WORKER_KAFKA_<KEY>` (dots as underscores, e.g. LSTM_WORKER_KAFKA_SASL_MECHANISM).
 """
 
@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any
 
 from worker.errors import ConfigError
+from worker.options import COMMIT_INTERVAL_MS, ENV_PREFIX, RUN, Backend, Guarantee, OnModelMismatch
 
-ENV_PREFIX = "LSTM_WORKER_"
 _LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
 KAFKA_ENV_PREFIX = ENV_PREFIX + "KAFKA_"
 
@@ -160,24 +160,9 @@ class KafkaConfig:
         return self.common()
 
 
-# step kernels of the streaming twin; "auto" is numpy when the model has a NumPy form, else tf
-BACKENDS = ("auto", "numpy", "tf", "xla")
-
-# Default time between commit points, per processing guarantee. At least once, every active
-# key's state (2.4 KB for the reference model) is written once per commit point, and the loop
-# pays for those records in the next second (the rounds that take their rows produce them):
-# 30 s as Kafka Streams' at-least-once default. At 1 s and 10,000 keys that was 24 MB/s of state
-# records and a live worker at 12,000 events/s fell behind; at 5 s, in live runs at 25,500
-# events/s, 79 % of the events over 50 ms came in the second after a commit point (throwaway
-# runs, BENCHMARKS.md analysis). The cost of a longer interval is the replay after a crash
-# (duplicate predictions, identical values). Exactly once, outputs are visible only at the
-# transaction's commit, so the interval is the latency floor: 1 s.
-COMMIT_INTERVAL_MS = {"at_least_once": 30000, "exactly_once_v2": 1000}
-
-
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything `lstm-worker run` needs, validated at construction."""
+    """Everything `lstm-worker run` needs, validated at construction against worker/options.py."""
 
     kafka: KafkaConfig
     model_path: str
@@ -185,65 +170,45 @@ class RunConfig:
     output_topic: str
     state_topic: str
     dlq_topic: str
-    group_id: str = "lstm-worker"
-    max_batch_keys: int = 1024
-    max_delay_ms: int = 5
-    max_steps: int = 16
-    cache_keys: int = 100_000
-    commit_interval_ms: int | None = None  # None: COMMIT_INTERVAL_MS of the guarantee
-    metrics_host: str = "0.0.0.0"
-    metrics_port: int = 9100
-    max_event_bytes: int = 1_048_576
-    poll_batch: int = 4096
-    group_instance_id: str | None = None
-    on_model_mismatch: str = "reset"
-    processing_guarantee: str = "at_least_once"
-    state_ttl_s: float = 0.0
-    features: int = 0  # what producers send; 0: whatever the model takes
-    backend: str = "auto"  # one of BACKENDS
-    shutdown_timeout_s: float = 30.0  # after SIGTERM; below the orchestrators' grace periods (60 s)
-    replication_factor: int = 0  # of the topics the worker creates; 0: the input topic's
+    group_id: str = RUN["group_id"].default
+    max_batch_keys: int = RUN["max_batch_keys"].default
+    max_delay_ms: int = RUN["max_delay_ms"].default
+    max_steps: int = RUN["max_steps"].default
+    cache_keys: int = RUN["cache_keys"].default
+    commit_interval_ms: int | None = RUN["commit_interval_ms"].default  # None: COMMIT_INTERVAL_MS of the guarantee
+    metrics_host: str = RUN["metrics_host"].default
+    metrics_port: int = RUN["metrics_port"].default
+    max_event_bytes: int = RUN["max_event_bytes"].default
+    poll_batch: int = RUN["poll_batch"].default
+    group_instance_id: str | None = RUN["group_instance_id"].default
+    on_model_mismatch: OnModelMismatch = RUN["on_model_mismatch"].default
+    processing_guarantee: Guarantee = RUN["processing_guarantee"].default
+    state_ttl_s: float = RUN["state_ttl_s"].default
+    features: int = RUN["features"].default  # what producers send; 0: whatever the model takes
+    backend: Backend = RUN["backend"].default
+    shutdown_timeout_s: float = RUN["shutdown_timeout_s"].default
+    replication_factor: int = RUN["replication_factor"].default  # of the topics the worker creates
 
     def __post_init__(self) -> None:
-        positive = {
-            "--max-batch-keys": self.max_batch_keys,
-            "--max-steps": self.max_steps,
-            "--cache-keys": self.cache_keys,
-            "--max-event-bytes": self.max_event_bytes,
-            "--poll-batch": self.poll_batch,
-        }
-        if self.commit_interval_ms is not None:
-            positive["--commit-interval-ms"] = self.commit_interval_ms
-        for flag, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"{flag} must be at least 1, got {value}")
-        if self.on_model_mismatch not in ("reset", "fail"):
-            raise ConfigError(f"--on-model-mismatch must be reset or fail, got {self.on_model_mismatch!r}")
-        if self.processing_guarantee not in ("at_least_once", "exactly_once_v2"):
-            raise ConfigError(
-                f"--processing-guarantee must be at_least_once or exactly_once_v2, got {self.processing_guarantee!r}"
-            )
-        if self.state_ttl_s < 0:
-            raise ConfigError(f"--state-ttl must be 0 (keep states forever) or more seconds, got {self.state_ttl_s}")
-        if self.replication_factor < 0:
-            raise ConfigError(
-                f"--replication-factor must be 0 (the input topic's) or a replica count, got {self.replication_factor}"
-            )
-        if not self.shutdown_timeout_s > 0:  # also refuses NaN
-            raise ConfigError(f"--shutdown-timeout-s must be more than 0 seconds, got {self.shutdown_timeout_s}")
-        if self.features < 0:
-            raise ConfigError(f"--features must be 0 (the model's) or the events' feature count, got {self.features}")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.max_delay_ms < 0:
-            raise ConfigError(f"--max-delay-ms must be 0 or more, got {self.max_delay_ms}")
-        if not 0 <= self.metrics_port <= 65535:
-            raise ConfigError(f"--metrics-port must be 0..65535 (0 = no endpoint), got {self.metrics_port}")
+        for f in fields(self):
+            if f.name in RUN:
+                RUN[f.name].check(getattr(self, f.name))
         topics = [self.input_topic, self.output_topic, self.state_topic, self.dlq_topic]
         if len(set(topics)) != len(topics):
             raise ConfigError("input, output, state and dead-letter topics must all differ, got " + ", ".join(topics))
         if not os.path.exists(self.model_path):
-            raise ConfigError(f"--model {self.model_path!r}: no such file; make one with `lstm-worker make-model`")
+            raise ConfigError(
+                f"{RUN['model_path'].flag} {self.model_path!r}: no such file; make one with `lstm-worker make-model`"
+            )
+
+    @classmethod
+    def from_options(cls, kafka: KafkaConfig, values: Mapping[str, Any]) -> RunConfig:
+        """The configuration of parsed `run` options (`values` by argparse dest); the state and
+        dead-letter topics default to the input topic's name with .state and .dlq."""
+        given = {f.name: values[RUN[f.name].dest] for f in fields(cls) if f.name in RUN}
+        given["state_topic"] = given["state_topic"] or f"{given['input_topic']}.state"
+        given["dlq_topic"] = given["dlq_topic"] or f"{given['input_topic']}.dlq"
+        return cls(kafka=kafka, **given)
 
     @property
     def commit_interval_s(self) -> float:

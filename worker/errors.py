@@ -46,6 +46,14 @@ class KafkaDeliveryError(WorkerError):
         self.permanent = permanent
 
 
+class CacheFullError(WorkerError):
+    """Every cached state is newer than the state topic: none can make room for a round's keys.
+
+    The worker writes the cache's states before a round that would not fit, so this means the
+    cache is too small for one round; the message names --cache-keys.
+    """
+
+
 class StuckClientError(WorkerError):
     """A Kafka client call did not return within its bound: the client must be replaced."""
 

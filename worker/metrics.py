@@ -6,6 +6,7 @@ No metric carries an entity key as a label: cardinality stays bounded by partiti
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -17,6 +18,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+from worker.errors import ConfigError
+from worker.options import RUN
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +195,16 @@ class HealthServer:
             def log_message(self, format: str, *args: object) -> None:
                 return
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            # another worker on the host has the default port: a setting to change, not a crash
+            flag = RUN["metrics_port"]
+            raise ConfigError(
+                f"port {port} is in use on {host}: set {flag.flag} / {flag.env}, 0 turns the endpoint off"
+            ) from exc
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)

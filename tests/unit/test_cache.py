@@ -7,6 +7,7 @@ eviction must only ever take the least recently used clean row.
 import numpy as np
 import pytest
 
+from worker.errors import WorkerError
 from worker.state.cache import CacheFullError, StateCache
 
 DIM = 3
@@ -247,3 +248,13 @@ def test_fresh_row_is_the_lowest_row_never_used():
     cache.remove(D)
     assert put(cache, (3, b"f")) == 2 and put(cache, (3, b"g")) == 4
     assert cache.fresh_row == 5
+
+
+def test_a_full_cache_is_a_worker_error_that_names_the_setting():
+    """Its message reaches the user (exit 2), saying what to set rather than a traceback."""
+    cache = StateCache(capacity=1, state_dim=DIM)
+    put(cache, A, 1.0, dirty=True)
+    with pytest.raises(WorkerError) as info:
+        put(cache, B, 2.0)
+    assert isinstance(info.value, CacheFullError)
+    assert "all 1 cached states" in str(info.value) and "--cache-keys / LSTM_WORKER_CACHE_KEYS" in str(info.value)

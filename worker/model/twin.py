@@ -20,9 +20,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from worker.config import BACKENDS
 from worker.errors import ConfigError, ModelError
 from worker.model.numpy_step import NoNumpyFormError, NumpyStep
+from worker.options import BACKENDS
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,11 @@ from typing import cast
 
 import numpy as np
 
+from worker.errors import CacheFullError
+from worker.options import RUN
 from worker.state.memory import zeroed_rows
 
 EntityId = tuple[int, bytes]  # (events partition, key): each partition is its own task
-
-
-class CacheFullError(Exception):
-    """Every row is dirty; the caller must write dirty states before adding more."""
 
 
 class StateCache:
@@ -130,7 +128,12 @@ class StateCache:
                 del self._rows[eid]
                 self._ids[row] = None
                 return row
-        raise CacheFullError(f"all {self.capacity} cached states are dirty")
+        cache_keys = RUN["cache_keys"]
+        raise CacheFullError(
+            f"all {self.capacity} cached states are newer than the state topic or being written to it, so none "
+            f"can be evicted for the next key: raise {cache_keys.flag} / {cache_keys.env} above the round's keys "
+            f"(or lower {RUN['max_batch_keys'].flag})"
+        )
 
     def mark_dirty(self, rows: np.ndarray | list[int]) -> None:
         self.dirty.update(int(r) for r in rows)

@@ -26,6 +26,7 @@ from worker.errors import ModelError
 from worker.kafka.output import OutputProducer
 from worker.kafka.reader import Records, TopicReader
 from worker.metrics import Metrics
+from worker.options import OnModelMismatch
 from worker.state.cache import EntityId, StateCache
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ class StateStore:
         sizes: list[int],
         fingerprint: str,
         metrics: Metrics,
-        on_mismatch: str = "reset",
+        on_mismatch: OnModelMismatch = "reset",
         track_idle: bool = False,
     ) -> None:
         self.cache = cache
