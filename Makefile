@@ -8,7 +8,7 @@ export KAFKA_PORT
 # apt-get needs root: CI runs as root, a developer's machine may need sudo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help venv tools broker broker-stop cluster cluster-stop lint test test-open unit integration demo bench fuzz rules clean
+.PHONY: help venv tools broker broker-stop cluster cluster-stop lint test unit integration demo bench fuzz rules clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -45,7 +45,7 @@ lint: venv ## ruff (lint + format check) and mypy
 	$(BIN)/mypy
 
 unit: venv tools ## unit tests only (no broker; includes the deployment checks and the benchmark's)
-	$(BIN)/pytest tests/unit tests/bench -q
+	$(BIN)/pytest tests/unit tests/deploy tests/bench -q
 
 integration: venv tools ## integration tests (start their own broker unless KAFKA_BOOTSTRAP_SERVERS is set)
 	$(BIN)/pytest tests/integration -q
@@ -74,9 +74,6 @@ bench: venv ## kernel, drain, latency, state and scaling on a local broker (pyth
 	if [[ $$started == yes ]]; then KAFKA_PORT=$$port deploy/kafka/stop.sh >/dev/null; fi; \
 	exit $$rc
 
-test-open: venv tools ## the tests of the open defects docs/fault-tolerance.md lists (they fail until fixed)
-	deploy/toxiproxy/fetch.sh >/dev/null
-	$(BIN)/pytest tests -q -m open_defect
 
 FUZZ_SECONDS ?= 300
 fuzz: venv ## fuzz the wire-format decoders with atheris for FUZZ_SECONDS (300)

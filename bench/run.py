@@ -27,8 +27,8 @@ from worker.config import KafkaConfig
 from worker.errors import ConfigError
 
 log = logging.getLogger(__name__)
-# Live load on a throwaway topic before part 3, not counted: a broker just started compiles Kafka's
-# hot paths under its first minutes of load, on the cores the worker needs; one in service did long ago.
+# Live load on a throwaway topic before part 3, not counted: a fresh broker's JVM compiles Kafka's hot
+# paths under its first load (docs/performance.md, "Benchmark method")
 BROKER_WARMUP_PER_S = 12_000
 
 

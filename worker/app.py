@@ -36,7 +36,8 @@ from worker.state.store import StateStore
 from worker.watchdog import MARGIN_S, guard
 
 log = logging.getLogger(__name__)
-_RESTORE_SLICE = 20_000  # state records per loop iteration while restoring (a fraction of a second)
+# state records per loop iteration while restoring, between polls (docs/performance.md, "Restore slices")
+_RESTORE_SLICE = 20_000
 _NO_KEY = ("no_key", "a record without a key cannot have state")
 _GAUGES_EVERY_S = 2.0  # consumer lag and cache gauges between commit points (cached watermarks: no request)
 _CLOSE_LIMIT_S = 60.0  # a client's close (a consumer's includes leaving the group)
@@ -123,9 +124,8 @@ class Worker:
         )
         next_commit = time.monotonic() + cfg.commit_interval_s
         next_gauges = 0.0
-        # TensorFlow and Keras leave ~300k long-lived objects; a full garbage collection walks
-        # them all (150-500 ms, a latency spike every few seconds). They never become garbage:
-        # move them out of the collector's sight.
+        # TensorFlow's long-lived objects out of the collector's sight: full collections stalled the
+        # loop (docs/performance.md, "Garbage collection")
         gc.collect()
         gc.freeze()
         try:
@@ -254,8 +254,7 @@ class Worker:
     def _accept(self, msgs: list[Message]) -> None:
         """Decode a poll's records together, into columns; bad ones go to the dead-letter topic.
 
-        Each field is read for the whole poll with one `map` (a loop over the messages reading
-        them one by one cost ~1-2 us per event)."""
+        Each field is read for the whole poll with one `map` (docs/performance.md, "Events as columns")."""
         msgs = self._live(msgs)
         if not msgs:
             return

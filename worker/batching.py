@@ -6,8 +6,7 @@ state) and an `end` event only ever closes one (its state is dropped after it), 
 masked multi-step call covers every key of the round.
 
 Events stay columns (NumPy arrays and a list of keys) from the poll to the predictions, with
-no object per event: that cut a drain's work outside the model step from 16-21 to 11-12 us
-per event (BENCHMARKS.md analysis).
+no object per event (docs/performance.md, "Events as columns").
 """
 
 from __future__ import annotations
@@ -83,8 +82,8 @@ class Round:
         return Packed(x, mask, key_of, step_of)
 
 
-# What a model call costs beyond its key-steps, in key-steps (from the kernel table of
-# BENCHMARKS.md: ~0.7 ms per call and ~0.2 ms per step of the time loop, ~10 us per key-step).
+# What a model call costs beyond its key-steps, in key-steps, from make bench's kernel table
+# (docs/performance.md, "Steps per round")
 CALL_COST, STEP_COST = 64.0, 16.0
 
 

@@ -248,9 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(args, "log_level", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # The NumPy step kernel's products on one BLAS thread (read when NumPy loads, which no
-    # import above does): two threads drained no faster on 2 cores and took 1.7 cores, not 1.0
-    # (throwaway drain runs, BENCHMARKS.md analysis)
+    # The NumPy kernel's products on one BLAS thread, read when NumPy loads, which no import above
+    # does (docs/performance.md, "One BLAS thread")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         return _COMMANDS[args.command](args)

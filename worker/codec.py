@@ -178,7 +178,7 @@ class EventDecoder:
 
     def decode(self, values: list[bytes | None], record_ts: Callable[[list[int]], list[int]]) -> DecodedEvents:
         """`record_ts(indexes)` gives those records' own timestamps: the ts of an event without
-        one (asked only for such events: reading every record's costs ~0.3 us per event)."""
+        one (asked only for such events: docs/performance.md, "Events as columns")."""
         n = len(values)
         x = np.zeros((n, self.features), dtype=np.float32)
         ts = np.zeros(n, dtype=np.int64)
@@ -232,8 +232,7 @@ def _array_header(length: int) -> bytes:
 
 
 # Records from this size up are cut out of the rows one by one rather than out of a copy of
-# them all: measured, 6,600 state records of 2.5 KB in 9 ms instead of 21 ms; records of 70
-# bytes the other way round (0.3 ms against 0.2 ms per 1,000).
+# them all, the faster way for large records (docs/performance.md, "Records encoded together")
 _COPY_ONCE_BYTES = 1024
 
 

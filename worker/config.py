@@ -117,10 +117,8 @@ class KafkaConfig:
             "bootstrap.servers": self.bootstrap_servers,
             # librdkafka's own log lines go through Python logging, formatted and filtered like ours
             "logger": _LIBRDKAFKA_LOG,
-            # an outage is waited out with backoff: librdkafka's re-bootstrap (its default since
-            # 2.10) loops while every broker is down: a new thread and a failed connection many
-            # times a second per client, each an ERROR line (README: "Reconnection backs off");
-            # without it the known brokers are retried, reconnect.backoff.ms doubling to 10 s
+            # an outage is waited out with backoff, not in librdkafka's re-bootstrap loop
+            # (docs/design.md, "Broker outages"); -X metadata.recovery.strategy=rebootstrap trades back
             "metadata.recovery.strategy": "none",
         }
         settings.update(self.overrides)
@@ -134,10 +132,8 @@ class KafkaConfig:
             "linger.ms": 5,
             "queue.buffering.max.messages": 1_000_000,
             "queue.buffering.max.kbytes": 1_048_576,
-            # no compression: most bytes are state records, float32 that lz4 cannot shrink, and
-            # compressing them cost the broker and the worker enough to take live p50 latency
-            # from 29 ms to 110 ms at 10,000 events/s (a throwaway run, BENCHMARKS.md analysis);
-            # -X compression.type=lz4 still turns it on
+            # no compression: most bytes are float32 state records that lz4 cannot shrink, and compressing
+            # costs CPU (docs/performance.md, "Compression"); -X compression.type=lz4 turns it on
             "compression.type": "none",
         }
         settings.update(extra)

@@ -1,22 +1,16 @@
 """glibc's heap: kept between rounds, given back after a restore.
 
-A round allocates and frees its arrays (a few hundred KB to tens of MB) and a commit point
-its state records (2.4 KB each of the reference model, 24 MB for 10,000 keys). glibc moves
-its threshold for mapping an allocation of its own (`mmap`) up to the largest one freed so
-far, and gives the top of its heap back to the kernel once over twice that, so whether a
-worker faults its round memory in again and again depended on which sizes it had freed
-first: in live runs at 25,500 events/s, 14 of 24 worker processes took 426-11,183 page
-faults a second on the loop thread and had p99 69-874 ms (the others 35-89 ms); with the
-thresholds fixed, each of 15 took at most 61 a second (throwaway runs: BENCHMARKS.md
-analysis). On the benchmark's VM, whose host backs memory again only when it is touched, a
-fault costs far more than on bare metal.
+A round's arrays and a commit point's state records are freed and allocated again and again;
+with glibc's moving thresholds, whether they reuse memory or fault it in again depends on the
+order of earlier frees (docs/performance.md, "Heap thresholds").
 
 `keep_freed_memory` fixes both thresholds at start: allocations up to 32 MB (glibc's own
 ceiling for the moving threshold) come from the heap, and up to 128 MB of free memory at
 its top is kept for the next round or commit point. `trim_heap` gives free memory back
-when a restore, which frees 2.4 GB of fetch responses, is done. Where the C library is not
-glibc, both do nothing; `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` or malloc
-tunables in `GLIBC_TUNABLES` are the operator's choice, and win.
+when a restore, which frees its fetch responses, is done
+(docs/performance.md, "Memory after a restore"). Where the C library is not glibc, both do
+nothing; `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` or malloc tunables in
+`GLIBC_TUNABLES` are the operator's choice, and win.
 """
 
 from __future__ import annotations

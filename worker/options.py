@@ -28,8 +28,8 @@ XFormat = Literal["bytes", "list"]
 
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
 
-# At least once, a longer interval writes each active key's state less often but replays more after a
-# crash (Kafka Streams' default); exactly once, outputs become visible at a commit: it is their latency floor
+# Default time between commit points: at least once Kafka Streams' default, for less state traffic;
+# exactly once short, as it is the outputs' latency floor (docs/performance.md, "Commit interval")
 COMMIT_INTERVAL_MS: Mapping[Guarantee, int] = MappingProxyType({"at_least_once": 30000, "exactly_once_v2": 1000})
 
 

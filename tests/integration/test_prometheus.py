@@ -19,9 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.conftest import Topics, WorkerProcess, free_port
-from tests.integration.kafka_io import metric, produce
-from tests.unit.deploy_support import (
+from tests.deploy.support import (
     K8S,
     PROMETHEUS,
     dashboard_exprs,
@@ -29,6 +27,8 @@ from tests.unit.deploy_support import (
     load_yaml_docs,
     promql_metric_names,
 )
+from tests.integration.conftest import Topics, WorkerProcess, free_port
+from tests.integration.kafka_io import metric, produce
 from worker.config import KafkaConfig
 from worker.synthetic import produce_synthetic
 

@@ -262,7 +262,7 @@ def test_a_missing_acl_stops_the_worker_at_start(sasl_broker, topics, model_file
     code, out, err, _ = run_to_exit(sasl_broker.bootstrap, model_file(), topics, *flags, *extra)
     assert code == 2, out + err  # at start: TensorFlow loads first (seconds), so no tight time bound
     assert expected.format(**names) in err, err
-    assert "README.md, section Security" in err, err
+    assert "the ACLs the worker needs are listed in docs/security.md" in err, err
     assert_no_password(out, err)
 
 

@@ -17,7 +17,7 @@ from worker.watchdog import guard
 
 log = logging.getLogger(__name__)
 # the fewest states produced per loop iteration after a commit point, so that the long iterations
-# of a backlog still make progress; otherwise time paces them (docs/performance.md, "State writes")
+# of a backlog still make progress; otherwise time paces them (docs/performance.md, "State writes after a commit point")
 STATE_WRITE_SLICE = 32
 _SYNC_COMMIT_LIMIT_S = 60.0  # a synchronous offset commit, which has no timeout of its own
 

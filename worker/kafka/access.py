@@ -22,7 +22,7 @@ from worker.errors import AccessError, AuthError, ClusterError
 
 log = logging.getLogger(__name__)
 
-ACL_HINT = "the ACLs the worker needs are listed in README.md, section Security"
+ACL_HINT = "the ACLs the worker needs are listed in docs/security.md"
 # the state readers' consumers (worker/app.py) carry this group id: assign() only, but librdkafka
 # still looks up the group's coordinator, which needs DESCRIBE on it
 STATE_READER_SUFFIX = ".state-reader"

@@ -1,7 +1,7 @@
 """The worker's Kafka clients, built in one place: each setting the worker chooses, with why.
 
 Settings the protocol owns are listed in `worker.config.PROTOCOL_KAFKA_KEYS` (-X may not change
-them); the tuning here is overridden by -X. docs/performance.md gives the measurements behind it.
+them); the tuning here is overridden by -X. docs/performance.md gives the longer reasons.
 """
 
 from __future__ import annotations
@@ -48,13 +48,14 @@ def state_reader_settings(config: RunConfig) -> dict[str, Any]:
     return config.kafka.consumer(
         config.group_id + STATE_READER_SUFFIX,
         **{
-            "fetch.wait.max.ms": 20,
+            "fetch.wait.max.ms": 20,  # a fetch at a partition's end comes back soon: a read is not held up
             "isolation.level": "read_committed",  # states of aborted transactions are never read
             # large fetches for whole-partition reads, each below glibc's mmap threshold so that
-            # its memory is reused (docs/performance.md, "Restore")
+            # its memory is reused (docs/performance.md, "Restore fetches")
             "max.partition.fetch.bytes": 16 * 1024 * 1024,
             "fetch.max.bytes": 30 * 1000 * 1000,
-            # librdkafka's default 1 s pause after a full prefetch queue stalls a restore that caught up
+            # librdkafka's default pause after a full prefetch queue stalls a restore that caught up
+            # (docs/performance.md, "Restore fetches")
             "fetch.queue.backoff.ms": 10,
         },
     )

@@ -25,9 +25,8 @@ Record = tuple[int, int, bytes, bytes | None]  # partition, offset, key, value (
 
 @dataclass(slots=True)
 class Records:
-    """A consume() batch as columns (record i is item i of each list): each field is read for
-    the whole batch with one `map`, not record by record (a restore of 200,000 records took ~1 us
-    less per record, BENCHMARKS.md analysis)."""
+    """A consume() batch as columns (record i is item i of each list): each field read for the
+    whole batch with one `map` (docs/performance.md, "Restore batches")."""
 
     partitions: list[int]
     offsets: list[int]

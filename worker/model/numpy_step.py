@@ -1,10 +1,7 @@
 """The twin's step in plain NumPy: the model's arithmetic without TensorFlow's per-call cost.
 
-A TensorFlow call costs about 1 ms before any arithmetic and its kernels spread small
-matrices over threads, so at the round sizes a live stream gives (tens to hundreds of
-keys) most of a round went to overhead: in a throwaway timing of CPU time, 64 keys cost
-2.0 ms in TensorFlow and 0.9 ms in NumPy on one BLAS thread, 1,024 keys 17.5 ms and 14.4 ms
-(`make bench` section 1 times the wall clock per round of each backend).
+A TensorFlow call has a fixed cost before any arithmetic and spreads small matrices over
+threads, which dominates at live round sizes (docs/performance.md, "Step kernel").
 
 Each layer's weights are read once and the formulas are keras' own (gate order, bias
 layout, reset_after); results differ from TensorFlow's only by float32 rounding order.
@@ -30,9 +27,8 @@ class NoNumpyFormError(Exception):
 
 def _sigmoid_of_negated(minus_x: Array) -> Array:
     """sigmoid(x) = 1 / (1 + exp(-x)) from -x, in place; exp's overflow to inf gives 0 exactly.
-    NumPy's float32 exp costs half its tanh per element on this machine class (1.3 and 2.6 ns,
-    throwaway timings), so both activations are taken from exp: the reference model's step
-    took 11-14 % less time over 64-1,024 keys (interleaved in one process, medians of 8)."""
+    NumPy's float32 exp is cheaper than its tanh, so both activations come from exp
+    (docs/performance.md, "Activations from exp")."""
     np.exp(minus_x, out=minus_x)
     minus_x += 1.0
     return np.reciprocal(minus_x, out=minus_x)
@@ -123,11 +119,8 @@ class _Recurrent:
     def _gates_and_candidate(self, fused: Array, bias: Array) -> None:
         """LSTM columns split into the gates i, f, o (keras: i, f, g, o) and the candidate g,
         each a product of its own, with the bias as the last row: [x, h, 1] @ [W; U; b].
-        Column slices of one product are strided, and NumPy's passes over them are slower (a
-        throwaway timing: tanh over the first 600 columns of a 1,000 x 800 array 851 us, over a
-        whole 1,000 x 600 array 480 us); the bias row saves a pass. Throwaway timings, the two
-        forms interleaved in one process: the reference model's step over 1,000 keys took 15 %
-        less time (14.3 -> 12.1 ms, medians of 40), over 32 keys 10 % less (0.58 -> 0.52 ms).
+        Column slices of one product are strided, and NumPy's passes over them are slower than
+        over whole arrays; the bias row saves a pass (docs/performance.md, "LSTM products").
         With sigmoid gates their columns are negated, and with a tanh candidate its columns
         doubled and negated (both exact in floating point), so that each activation starts
         with its exp in place, without a pass to scale."""

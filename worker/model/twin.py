@@ -116,7 +116,7 @@ class StreamingTwin:
         """Check that `model` can be served one step at a time and build its twin.
 
         backend "numpy" runs keras' formulas in NumPy (no per-call framework cost); "tf"
-        runs the TensorFlow graph; "xla" jit-compiles it, which compiles (~0.5 s) once per
+        runs the TensorFlow graph; "xla" jit-compiles it, which compiles once per
         power-of-two bucket of batch size and length; "auto" is numpy when every layer has
         a NumPy form, else tf.
         """

@@ -1,11 +1,8 @@
 """The restore's memory: the cache's rows in small pages, faulted in ahead of the restore.
 
-The cache's rows live on an anonymous mapping of their own (`zeroed_rows`), in 4 KB pages. NumPy
-asks Linux for 2 MB pages for any array over 4 MB; on the benchmark's VM, whose host backs the
-guest's memory only when first touched, faulting 2.4 GB in as 2 MB pages took 6.6-8.9 s of CPU,
-in 4 KB pages 1.0-1.8 s (throwaway measurements: BENCHMARKS.md analysis). Rows are read and
-written one at a time, at random, so large pages buy the cache little, and in small ones its
-memory grows with its keys 4 KB at a time.
+The cache's rows live on a private anonymous mapping of their own (`zeroed_rows`), in 4 KB pages:
+NumPy's 2 MB pages cost far more to fault in (docs/performance.md, "The cache's pages"; the
+thread below: "Prefault").
 
 A restore writes each key's state into a row never used before, and the first write to a page
 faults it in, on the loop thread. Linux's `madvise(MADV_POPULATE_WRITE)` (5.14) faults pages in

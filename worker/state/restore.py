@@ -137,8 +137,8 @@ class Restore:
                 stale,
                 sorted(self.partitions),
             )
-        # librdkafka's fetch responses, freed into glibc's heap, which kept them: 36-95 MiB more
-        # RSS after a 1M-key restore (throwaway restores), now given back
+        # librdkafka's fetch responses, freed into glibc's heap, which keeps them: given back
+        # (docs/performance.md, "Memory after a restore")
         trim_heap()
         elapsed = time.monotonic() - self._started
         self._metrics.restore_seconds.observe(elapsed)

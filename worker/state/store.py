@@ -108,8 +108,8 @@ def fresh_records(src: np.ndarray, newest: np.ndarray, keys: list[bytes]) -> np.
 class _Queued:
     """The rows a commit point took, to be produced in slices between rounds, from the cache
     itself: a row holds the commit point's state until a round changes it, and a round first
-    produces its rows still queued (`StateStore.settle`). No copy of the states is taken: copying
-    10,000 states into fresh memory stalled the loop 12-53 ms at every commit point."""
+    produces its rows still queued (`StateStore.settle`). No copy is taken: one into fresh memory
+    stalled the loop at every commit point (docs/performance.md, "State writes after a commit point")."""
 
     ids: list[EntityId]
     rows: np.ndarray
@@ -162,8 +162,7 @@ class StateStore:
         self._versions: dict[int, _Versions] = {}
         self._stale = 0  # stale state records ignored by the current restore
         # partition -> key -> (event ts, input offset) of the last event in the written state,
-        # for --state-ttl only: it costs ~140 bytes per key (a tuple and two ints), 6 % of the
-        # reference model's 2,400-byte state
+        # for --state-ttl only: a tuple per key (docs/performance.md, "Memory")
         self.track_idle = track_idle
         self.seen: dict[int, dict[bytes, tuple[int, int]]] = {}
         self.ended: dict[EntityId, int] = {}
@@ -295,7 +294,7 @@ class StateStore:
             keep = len(rows) - 1 - last
             rows, js = rows[keep], js[keep]
         # most batches are decoded and placed whole: then the batch's states go to the cache
-        # as they are, without a gathered copy (4.8 MB of fresh memory per consume batch)
+        # as they are, without a gathered copy into fresh memory (docs/performance.md, "Restore batches")
         whole = len(js) == len(batch.states) and js[0] == 0 and bool((np.diff(js) == 1).all())
         cache.states[rows] = batch.states if whole else batch.states[js]
         cache.step[rows], cache.src[rows], cache.ts[rows] = batch.step[js], batch.src_offset[js], batch.ts[js]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.deploy_support import DEPLOY, REPO, subcommand
+from tests.deploy.support import DEPLOY, REPO, subcommand
 
 # What the worker needs in the image; anything else copied in is weight or a leak.
 NEEDED = {"pyproject.toml", "README.md", "worker", "./worker"}

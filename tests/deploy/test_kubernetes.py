@@ -1,6 +1,6 @@
 """deploy/kubernetes, checked offline: built-in kinds against the Kubernetes OpenAPI schemas that
 kubernetes-validate ships (strict: unknown fields fail), the custom resources (KEDA ScaledObject,
-ServiceMonitor, PrometheusRule) against schemas written from their CRDs (tests/unit/crd_schemas),
+ServiceMonitor, PrometheusRule) against schemas written from their CRDs (tests/deploy/crd_schemas),
 and the references between the objects, the worker's CLI, its HTTP endpoints and the alerts."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 from referencing import Registry, Resource
 
-from tests.unit.deploy_support import (
+from tests.deploy.support import (
     DEPLOY,
     K8S,
     PROMETHEUS,

@@ -8,7 +8,7 @@ import re
 
 import yaml
 
-from tests.unit.deploy_support import (
+from tests.deploy.support import (
     dashboard,
     dashboard_exprs,
     dashboard_panels,

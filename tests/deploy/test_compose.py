@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.deploy_support import COMPOSE, DEPLOY, REPO, SHUTDOWN_EXIT_MARGIN_S, check_worker_env, load_yaml
+from tests.deploy.support import COMPOSE, DEPLOY, REPO, SHUTDOWN_EXIT_MARGIN_S, check_worker_env, load_yaml
 
 
 def check_compose_schema(path: Path) -> subprocess.CompletedProcess[str]:

@@ -1,4 +1,4 @@
-"""Helpers of the deployment checks (tests/unit/test_deploy_*.py, tests/integration/test_prometheus.py):
+"""Helpers of the deployment checks (tests/deploy/test_*.py, tests/integration/test_prometheus.py):
 the repository's deploy files, the worker's own names for its options and metrics, PromQL metric
 names, and promtool."""
 
