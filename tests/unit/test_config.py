@@ -22,21 +22,6 @@ from worker.errors import AuthError, ConfigError
 RUN_ARGS = ["run", "--model", "m.keras", "--input-topic", "events", "--output-topic", "preds"]
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    """No LSTM_WORKER_* variable of the machine leaks into these tests."""
-    for name in list(os.environ):
-        if name.startswith("LSTM_WORKER_"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture
-def model_file(tmp_path):
-    path = tmp_path / "model.keras"
-    path.write_bytes(b"not really a model")
-    return str(path)
-
-
 def run_config(model_path, **overrides):
     fields = {
         "kafka": KafkaConfig("127.0.0.1:9092"),

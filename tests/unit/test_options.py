@@ -3,7 +3,6 @@ defaults and validation, and docs/configuration.md."""
 
 import dataclasses
 import math
-import os
 import typing
 from pathlib import Path
 
@@ -16,20 +15,6 @@ from worker.options import KAFKA_OPTIONS, REGENERATE, RUN, RUN_OPTIONS, referenc
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_ARGS = ["run", "--model", "m.keras", "--input-topic", "events", "--output-topic", "preds"]
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for name in list(os.environ):
-        if name.startswith("LSTM_WORKER_"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture
-def model_file(tmp_path):
-    path = tmp_path / "model.keras"
-    path.write_bytes(b"")
-    return str(path)
 
 
 def test_committed_configuration_reference_is_the_generated_one():
