@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -62,3 +64,25 @@ def metric(text: str, name: str, **labels: str) -> float:
         if line.startswith(want + " "):
             return float(line.split()[-1])
     return 0.0
+
+
+def stream_until_a_quarter_predicted(
+    kafka: KafkaConfig, worker: Any, topic: str, keys: int, events: int, partitions: int, seed: int
+) -> threading.Thread:
+    """A synthetic stream at 1,000 events/s in a thread, returned once the worker has predicted
+    a quarter of it (within 60 s): the moment a fault test strikes."""
+    from worker.synthetic import produce_synthetic
+
+    producer = threading.Thread(
+        target=produce_synthetic,
+        args=(kafka,),
+        kwargs=dict(
+            topic=topic, keys=keys, events_per_key=events, features=4, rate=1000, seed=seed, partitions=partitions
+        ),
+    )
+    producer.start()
+    deadline = time.monotonic() + 60
+    while metric(worker.get("/metrics")[1], "lstm_worker_predictions_total") < keys * events / 4:
+        assert time.monotonic() < deadline, worker.log()
+        time.sleep(0.2)
+    return producer

@@ -3,16 +3,14 @@ out without exiting and with backoff, loses nothing, and every prediction is sti
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from tests.integration.kafka_io import metric
+from tests.integration.kafka_io import stream_until_a_quarter_predicted
 from worker.config import KafkaConfig
 from worker.kafka.topics import create_topic
-from worker.synthetic import produce_synthetic
 from worker.verify import verify
 
 pytestmark = pytest.mark.integration
@@ -26,18 +24,7 @@ def test_broker_outage_is_waited_out(own_broker, topics, model_file, start_worke
     create_topic(AdminClient(kafka.admin()), topics.input, PARTITIONS)
     worker = start_worker(model, topics, bootstrap=own_broker.bootstrap)
     worker.wait_ready()
-    producer = threading.Thread(
-        target=produce_synthetic,
-        args=(kafka,),
-        kwargs=dict(
-            topic=topics.input, keys=KEYS, events_per_key=EVENTS, features=4, rate=1000, seed=5, partitions=PARTITIONS
-        ),
-    )
-    producer.start()
-    deadline = time.monotonic() + 60
-    while metric(worker.get("/metrics")[1], "lstm_worker_predictions_total") < KEYS * EVENTS / 4:
-        assert time.monotonic() < deadline, worker.log()
-        time.sleep(0.2)
+    producer = stream_until_a_quarter_predicted(kafka, worker, topics.input, KEYS, EVENTS, PARTITIONS, seed=5)
 
     own_broker.stop()
     refused = worker.log_path.read_text().count("Connection refused")

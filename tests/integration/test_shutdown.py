@@ -5,16 +5,14 @@ every prediction is exact."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from tests.integration.kafka_io import metric
+from tests.integration.kafka_io import stream_until_a_quarter_predicted
 from worker.config import KafkaConfig
 from worker.kafka.topics import create_topic
-from worker.synthetic import produce_synthetic
 from worker.verify import verify
 from worker.watchdog import EXIT_SHUTDOWN_TIMEOUT
 
@@ -34,18 +32,7 @@ def test_sigterm_during_a_broker_outage_exits_at_the_shutdown_timeout_and_loses_
     args = ("--shutdown-timeout-s", str(SHUTDOWN_TIMEOUT_S), "--commit-interval-ms", "2000")
     worker = start_worker(model, topics, *args, bootstrap=own_broker.bootstrap)
     worker.wait_ready()
-    producer = threading.Thread(
-        target=produce_synthetic,
-        args=(kafka,),
-        kwargs=dict(
-            topic=topics.input, keys=KEYS, events_per_key=EVENTS, features=4, rate=1000, seed=7, partitions=PARTITIONS
-        ),
-    )
-    producer.start()
-    deadline = time.monotonic() + 60
-    while metric(worker.get("/metrics")[1], "lstm_worker_predictions_total") < KEYS * EVENTS / 4:
-        assert time.monotonic() < deadline, worker.log()
-        time.sleep(0.2)
+    producer = stream_until_a_quarter_predicted(kafka, worker, topics.input, KEYS, EVENTS, PARTITIONS, seed=7)
 
     own_broker.stop()
     time.sleep(1)  # predictions and states produced meanwhile stay unacknowledged
