@@ -8,7 +8,7 @@ export KAFKA_PORT
 # apt-get needs root: CI runs as root, a developer's machine may need sudo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help venv tools broker broker-stop cluster cluster-stop lint test unit integration demo bench fuzz rules clean
+.PHONY: help venv tools broker broker-stop cluster cluster-stop registry registry-stop lint test unit integration demo bench fuzz rules clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -21,10 +21,10 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## create .venv with the worker, its dev tools and the demo's plotting
 
-tools: ## install what the tests run besides Python: promtool and prometheus, nft for the network faults (Debian's)
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v nft >/dev/null || { \
+tools: ## install what the tests run besides Python: promtool and prometheus, nft for the network faults, kcat (Debian's)
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v nft >/dev/null && command -v kcat >/dev/null || { \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus nftables >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus nftables kcat >/dev/null; }
 	@promtool --version 2>&1 | head -1
 
 broker: ## start the local Kafka (KRaft, loopback) in the background; prints its address
@@ -38,6 +38,14 @@ cluster: ## start a three-node Kafka cluster (KRaft, loopback, RF 3) in the back
 
 cluster-stop: ## stop the three-node cluster (its data stays under .cache/)
 	@deploy/kafka/cluster-stop.sh
+
+REGISTRY_PORT ?= 8081
+export REGISTRY_PORT
+registry: ## start the Schema Registry (Apicurio, in memory, loopback) in the background on REGISTRY_PORT; prints its URL
+	@deploy/registry/start.sh
+
+registry-stop: ## stop the Schema Registry (its schemas are in memory: gone with it)
+	@deploy/registry/stop.sh
 
 lint: venv ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check worker bench tests
@@ -53,6 +61,7 @@ integration: venv tools ## integration tests (start their own broker unless KAFK
 test: venv tools lint ## everything CI runs: lint, unit and integration tests against a real broker
 	deploy/kafka/fetch.sh >/dev/null
 	deploy/toxiproxy/fetch.sh >/dev/null
+	deploy/registry/fetch.sh >/dev/null
 	$(BIN)/pytest tests -q
 
 demo: venv ## broker, model, two workers, 50k events with a live progress line, verification, PNG plot

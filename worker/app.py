@@ -13,17 +13,19 @@ import gc
 import logging
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from worker.batching import Batcher, Events
-from worker.codec import EventDecoder, dead_letter_headers
+from worker.codec import dead_letter_headers
 from worker.commit import CommitProtocol, Progress
 from worker.commit.at_least_once import AtLeastOnce
 from worker.commit.exactly_once import ExactlyOnce
 from worker.config import RunConfig
+from worker.formats import event_decoder, prediction_encoder
 from worker.kafka.clients import group_consumer, output_producer, state_reader_settings, transactional_id
 from worker.kafka.output import position
 from worker.kafka.reader import TopicReader
@@ -34,6 +36,9 @@ from worker.state.cache import EntityId, StateCache
 from worker.state.restore import Restore
 from worker.state.store import StateStore
 from worker.watchdog import MARGIN_S, guard
+
+if TYPE_CHECKING:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
 
 log = logging.getLogger(__name__)
 # state records per loop iteration while restoring, between polls (docs/performance.md, "Restore slices")
@@ -46,7 +51,15 @@ _CLOSE_LIMIT_S = 60.0  # a client's close (a consumer's includes leaving the gro
 class Worker:
     """One consumer-group member. `run()` returns after `stop()` with everything committed."""
 
-    def __init__(self, config: RunConfig, model: StepModel, fingerprint: str, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        model: StepModel,
+        fingerprint: str,
+        metrics: Metrics,
+        registry: SchemaRegistryClient | None = None,
+    ) -> None:
+        """`registry`: the Schema Registry client, for the avro formats (worker.formats.registry)."""
         self.config = config
         self.model = model
         self.fingerprint = fingerprint
@@ -85,14 +98,17 @@ class Worker:
             self.commits = AtLeastOnce(producer, self.store, progress, metrics, config.commit_interval_s)
         self.consumer = group_consumer(config, self.commits.on_commit)
         self.commits.consumer = self.consumer
-        self.decoder = EventDecoder(model.features, config.max_event_bytes)
+        self.decoder = event_decoder(config.input_format, model.features, config.max_event_bytes, registry)
         self.batcher = Batcher(config.round_keys, config.max_steps, config.max_delay_ms)
         self._assigned: set[int] = set()
         self._restoring: set[int] = set()
         self._next_offset: dict[int, int] = {}
         self.clock = PhaseClock(metrics)
+        encoder = prediction_encoder(
+            config.prediction_format, model.output_dim, fingerprint, config.output_topic, registry
+        )
         self.rounds = RoundRunner(
-            model, self.store, config.output_topic, config.state_topic, fingerprint, metrics, self.clock
+            model, self.store, config.output_topic, config.state_topic, encoder, metrics, self.clock
         )
         self._next_expiry = 0.0
         self._stopping = False

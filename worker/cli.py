@@ -8,27 +8,40 @@ The options are declared in worker/options.py; docs/configuration.md lists them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaException
 
-from worker.config import KafkaConfig, RunConfig, parse_kafka_overrides, redact_text
+from worker.config import (
+    KafkaConfig,
+    RegistryConfig,
+    RunConfig,
+    parse_kafka_overrides,
+    parse_registry_overrides,
+    redact_text,
+)
 from worker.errors import ConfigError, WorkerError
 from worker.heap import keep_freed_memory
 from worker.options import (
     BOOTSTRAP_SERVERS,
     MAKE_MODEL_OPTIONS,
     PRODUCE_OPTIONS,
+    REGISTRY_OPTIONS,
     RUN_OPTIONS,
+    SCHEMA_REGISTRY_URL,
     VERIFY_OPTIONS,
     Option,
     env_name,
 )
+
+if TYPE_CHECKING:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
 
 log = logging.getLogger(__name__)
 
@@ -89,21 +102,52 @@ def _kafka_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _registry_options(parser: argparse.ArgumentParser) -> None:
+    _add_options(parser, REGISTRY_OPTIONS)
+    parser.add_argument(
+        "-S",
+        dest="registry_settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Schema Registry client setting, e.g. -S basic.auth.user.info=USER:PASSWORD "
+        "[env LSTM_WORKER_REGISTRY_<KEY>]",
+    )
+
+
 def _kafka(args: argparse.Namespace) -> KafkaConfig:
     return KafkaConfig(args.bootstrap_servers, parse_kafka_overrides(args.kafka_settings, os.environ))
 
 
-def _given_kafka_settings(args: argparse.Namespace) -> dict[str, str]:
-    """The -X / LSTM_WORKER_KAFKA_* settings, whose secret values no printed message may contain."""
-    try:
-        return dict(parse_kafka_overrides(getattr(args, "kafka_settings", []), os.environ))
-    except ConfigError:  # its message quotes no value
-        return {}
+def _registry(args: argparse.Namespace) -> RegistryConfig:
+    return RegistryConfig(args.schema_registry_url, parse_registry_overrides(args.registry_settings, os.environ))
+
+
+def _registry_client(args: argparse.Namespace, *formats: str | None) -> SchemaRegistryClient | None:
+    """The checked registry client when a format is avro (exit 2 if it cannot be used), else None."""
+    if "avro" not in formats:
+        return None
+    if not args.schema_registry_url:
+        raise ConfigError(f"avro needs a Schema Registry: set {SCHEMA_REGISTRY_URL.flag} or {SCHEMA_REGISTRY_URL.env}")
+    from worker.formats.registry import connect_registry
+
+    return connect_registry(_registry(args))
+
+
+def _given_secret_settings(args: argparse.Namespace) -> dict[str, str]:
+    """The -X / LSTM_WORKER_KAFKA_* and -S / LSTM_WORKER_REGISTRY_* settings, whose secret values
+    no printed message may contain."""
+    given: dict[str, str] = {}
+    for parse, dest in ((parse_kafka_overrides, "kafka_settings"), (parse_registry_overrides, "registry_settings")):
+        with contextlib.suppress(ConfigError):  # its message quotes no value
+            given.update(parse(getattr(args, dest, []), os.environ))
+    return given
 
 
 def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="run one consumer-group member")
     _kafka_options(p)
+    _registry_options(p)
     _add_options(p, RUN_OPTIONS)
 
 
@@ -115,12 +159,14 @@ def _add_make_model(sub: Any) -> None:
 def _add_produce(sub: Any) -> None:
     p = sub.add_parser("produce", help="produce synthetic events, keys shuffled together")
     _kafka_options(p)
+    _registry_options(p)
     _add_options(p, PRODUCE_OPTIONS)
 
 
 def _add_verify(sub: Any) -> None:
     p = sub.add_parser("verify", help="check every prediction against the model on the full history")
     _kafka_options(p)
+    _registry_options(p)
     _add_options(p, VERIFY_OPTIONS)
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
@@ -143,12 +189,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
+    from worker.formats.registry import connect_registry
     from worker.kafka.access import check_client_access
 
-    config = RunConfig.from_options(_kafka(args), vars(args))
-    log.info("configuration: %r", config)  # KafkaConfig's repr hides secrets
+    config = RunConfig.from_options(_kafka(args), vars(args), _registry(args))
+    log.info("configuration: %r", config)  # KafkaConfig's and RegistryConfig's reprs hide secrets
     # wrong credentials or a missing group ACL stop the worker in a second, before TensorFlow loads
     check_client_access(config.kafka, config.group_id)
+    registry = connect_registry(config.registry) if config.registry.url else None
     if not keep_freed_memory():  # before the imports and TensorFlow allocate
         log.info("heap thresholds left as they are (not glibc, or set in the environment)")
     from worker.app import Worker
@@ -162,7 +210,7 @@ def _run_worker(args: argparse.Namespace) -> int:
     check_features(twin.features, config.features, config.model_path)
     metrics = Metrics()
     WATCHDOG.start()  # from here every blocking client call is bounded (worker/watchdog.py)
-    worker = Worker(config, twin, fingerprint(model), metrics)
+    worker = Worker(config, twin, fingerprint(model), metrics, registry)
     server = None
     if config.metrics_port:
         server = HealthServer(metrics, worker.ready, config.metrics_host, config.metrics_port)
@@ -204,6 +252,8 @@ def _cmd_produce(args: argparse.Namespace) -> int:
         seed=args.seed,
         partitions=args.partitions,
         x_format=args.x_format,
+        value_format=args.format,
+        registry=_registry_client(args, args.format),
     )
     print(
         f"produced {sent.records} events for {args.keys} keys to {args.topic} in {sent.seconds:.2f} s "
@@ -226,6 +276,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         output_topic=args.output_topic,
         tolerance=args.tolerance,
         timeout_s=args.timeout_s,
+        input_format=args.input_format,
+        output_format=args.output_format,
+        registry=_registry_client(args, args.input_format, args.output_format),
         trace=trace,
     )
     print(json.dumps(report.as_dict()) if args.json else report.summary())
@@ -254,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except WorkerError as exc:
-        message = redact_text(str(exc), _given_kafka_settings(args))
+        message = redact_text(str(exc), _given_secret_settings(args))
         print(f"lstm-worker {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KafkaException as exc:  # a refused authorization is a setting to fix, like the errors above
@@ -264,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if refused is None:
             raise
         print(
-            f"lstm-worker {args.command}: error: {redact_text(refused, _given_kafka_settings(args))}", file=sys.stderr
+            f"lstm-worker {args.command}: error: {redact_text(refused, _given_secret_settings(args))}", file=sys.stderr
         )
         return 2
 

@@ -105,7 +105,7 @@ def _flag(obj: dict[Any, Any], name: str) -> bool:
     return value
 
 
-_TS_MAX = 2**63 - 1  # timestamps are int64 from here on (predictions, states, stream time)
+TS_MAX = 2**63 - 1  # timestamps are int64 from here on (predictions, states, stream time)
 
 
 def _event_fields(
@@ -126,7 +126,7 @@ def _event_fields(
     ts = obj.get("ts", record_ts)
     if type(ts) is not int:
         raise CodecError("type", f"'ts' must be an integer (ms since epoch), got {type(ts).__name__}")
-    if not -_TS_MAX - 1 <= ts <= _TS_MAX:
+    if not -TS_MAX - 1 <= ts <= TS_MAX:
         raise CodecError("type", f"'ts' {ts} does not fit in a signed 64-bit integer (ms since epoch)")
     return x, ts, _flag(obj, "reset"), _flag(obj, "end")
 
@@ -192,7 +192,7 @@ class EventDecoder:
             x[indexes] = rows["x"]
             if has_ts:
                 stamps = rows["ts"]
-                fast[indexes[stamps > _TS_MAX]] = False  # the general path says why
+                fast[indexes[stamps > TS_MAX]] = False  # the general path says why
                 ts[indexes] = stamps.astype(np.int64)
             else:
                 ts[indexes] = record_ts(indexes.tolist())

@@ -15,7 +15,16 @@ from types import MappingProxyType
 from typing import Any
 
 from worker.errors import ConfigError
-from worker.options import COMMIT_INTERVAL_MS, ENV_PREFIX, RUN, Backend, Guarantee, OnModelMismatch
+from worker.options import (
+    COMMIT_INTERVAL_MS,
+    ENV_PREFIX,
+    RUN,
+    SCHEMA_REGISTRY_URL,
+    Backend,
+    Format,
+    Guarantee,
+    OnModelMismatch,
+)
 
 _LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
 KAFKA_ENV_PREFIX = ENV_PREFIX + "KAFKA_"
@@ -53,13 +62,23 @@ PROTOCOL_KAFKA_KEYS: Mapping[str, str] = MappingProxyType(
 )
 
 
-def parse_kafka_overrides(pairs: list[str], environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    """Merge `LSTM_WORKER_KAFKA_*` variables and `-X key=value` flags (flags win)."""
+# Schema Registry client settings the worker owns (-S may not change them)
+PROTOCOL_REGISTRY_KEYS: Mapping[str, str] = MappingProxyType(
+    {"url": "given by --schema-registry-url, which the start-up messages name"}
+)
+REGISTRY_ENV_PREFIX = ENV_PREFIX + "REGISTRY_"
+
+
+def _parse_overrides(
+    pairs: list[str], environ: Mapping[str, str], *, env_prefix: str, flag: str, owned: Mapping[str, str]
+) -> tuple[tuple[str, str], ...]:
+    """Merge `<env_prefix><KEY>` variables and `<flag> key=value` flags (flags win); keys in
+    `owned` are refused with their reasons."""
     merged: dict[str, str] = {}
     given_as: dict[str, str] = {}  # key -> how the user gave it, for the refusal message
     for name, value in environ.items():
-        if name.startswith(KAFKA_ENV_PREFIX) and len(name) > len(KAFKA_ENV_PREFIX):
-            key = name[len(KAFKA_ENV_PREFIX) :].lower().replace("_", ".")
+        if name.startswith(env_prefix) and len(name) > len(env_prefix):
+            key = name[len(env_prefix) :].lower().replace("_", ".")
             merged[key] = value
             given_as[key] = f"{name} ({key})"
     for pair in pairs:
@@ -67,19 +86,42 @@ def parse_kafka_overrides(pairs: list[str], environ: Mapping[str, str]) -> tuple
         if not sep or not key.strip():
             # never echo what may be a secret: a value after an empty key, or a secret's name run into it
             shown = "'=...'" if sep else ("<a secret setting, hidden>" if is_secret(pair) else repr(pair))
-            raise ConfigError(f"-X {shown}: expected key=value, e.g. -X security.protocol=SASL_SSL")
+            raise ConfigError(f"{flag} {shown}: expected key=value, e.g. {flag} {_EXAMPLES[flag]}")
         merged[key.strip()] = value
-        given_as[key.strip()] = f"-X {key.strip()}"
+        given_as[key.strip()] = f"{flag} {key.strip()}"
     # keys only, never a value: a refused key is no secret, its value may be
-    refused = sorted(k for k in merged if k.lower() in PROTOCOL_KAFKA_KEYS)
+    refused = sorted(k for k in merged if k.lower() in owned)
     if refused:
-        reasons = (f"{given_as[k]}: set by the worker ({PROTOCOL_KAFKA_KEYS[k.lower()]}); remove it" for k in refused)
+        reasons = (f"{given_as[k]}: set by the worker ({owned[k.lower()]}); remove it" for k in refused)
         raise ConfigError("; ".join(reasons))
     return tuple(sorted(merged.items()))
 
 
+_EXAMPLES = {"-X": "security.protocol=SASL_SSL", "-S": "basic.auth.user.info=USER:PASSWORD"}
+
+
+def parse_kafka_overrides(pairs: list[str], environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """Merge `LSTM_WORKER_KAFKA_*` variables and `-X key=value` flags (flags win)."""
+    return _parse_overrides(pairs, environ, env_prefix=KAFKA_ENV_PREFIX, flag="-X", owned=PROTOCOL_KAFKA_KEYS)
+
+
+def parse_registry_overrides(pairs: list[str], environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """Merge `LSTM_WORKER_REGISTRY_*` variables and `-S key=value` flags (flags win): settings of
+    confluent-kafka's Schema Registry client, e.g. basic.auth.user.info."""
+    return _parse_overrides(pairs, environ, env_prefix=REGISTRY_ENV_PREFIX, flag="-S", owned=PROTOCOL_REGISTRY_KEYS)
+
+
 # a setting whose name contains one of these holds a secret (passwords, keys, tokens)
-_SECRET_WORDS = ("password", "passphrase", "secret", "token", "sasl.oauthbearer.config", "key.pem", "private.key")
+_SECRET_WORDS = (
+    "password",
+    "passphrase",
+    "secret",
+    "token",
+    "sasl.oauthbearer.config",
+    "key.pem",
+    "private.key",
+    "user.info",  # the registry client's basic.auth.user.info, USER:PASSWORD
+)
 REDACTED = "***"
 
 
@@ -157,6 +199,21 @@ class KafkaConfig:
 
 
 @dataclass(frozen=True)
+class RegistryConfig:
+    """How to reach the Schema Registry (Avro): its URL plus pass-through client settings."""
+
+    url: str | None = None
+    overrides: tuple[tuple[str, str], ...] = ()
+
+    def __repr__(self) -> str:
+        return f"RegistryConfig(url={self.url!r}, overrides={redact(dict(self.overrides))!r})"
+
+    def client(self) -> dict[str, Any]:
+        """confluent-kafka's SchemaRegistryClient configuration."""
+        return {**dict(self.overrides), "url": self.url}
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything `lstm-worker run` needs, validated at construction against worker/options.py."""
 
@@ -184,6 +241,9 @@ class RunConfig:
     backend: Backend = RUN["backend"].default
     shutdown_timeout_s: float = RUN["shutdown_timeout_s"].default
     replication_factor: int = RUN["replication_factor"].default  # of the topics the worker creates
+    input_format: Format = RUN["input_format"].default
+    output_format: Format | None = RUN["output_format"].default  # None: the input's
+    registry: RegistryConfig = RegistryConfig()
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -192,19 +252,31 @@ class RunConfig:
         topics = [self.input_topic, self.output_topic, self.state_topic, self.dlq_topic]
         if len(set(topics)) != len(topics):
             raise ConfigError("input, output, state and dead-letter topics must all differ, got " + ", ".join(topics))
+        for fmt, option in ((self.input_format, RUN["input_format"]), (self.prediction_format, RUN["output_format"])):
+            if fmt == "avro" and not self.registry.url:
+                raise ConfigError(
+                    f"{option.flag} avro needs a Schema Registry: set {SCHEMA_REGISTRY_URL.flag} or "
+                    f"{SCHEMA_REGISTRY_URL.env}"
+                )
         if not os.path.exists(self.model_path):
             raise ConfigError(
                 f"{RUN['model_path'].flag} {self.model_path!r}: no such file; make one with `lstm-worker make-model`"
             )
 
     @classmethod
-    def from_options(cls, kafka: KafkaConfig, values: Mapping[str, Any]) -> RunConfig:
+    def from_options(
+        cls, kafka: KafkaConfig, values: Mapping[str, Any], registry: RegistryConfig | None = None
+    ) -> RunConfig:
         """The configuration of parsed `run` options (`values` by argparse dest); the state and
         dead-letter topics default to the input topic's name with .state and .dlq."""
         given = {f.name: values[RUN[f.name].dest] for f in fields(cls) if f.name in RUN}
         given["state_topic"] = given["state_topic"] or f"{given['input_topic']}.state"
         given["dlq_topic"] = given["dlq_topic"] or f"{given['input_topic']}.dlq"
-        return cls(kafka=kafka, **given)
+        return cls(kafka=kafka, registry=registry or RegistryConfig(), **given)
+
+    @property
+    def prediction_format(self) -> Format:
+        return self.output_format or self.input_format
 
     @property
     def commit_interval_s(self) -> float:

@@ -72,3 +72,7 @@ class AuthError(ClusterError):
 
 class AccessError(WorkerError):
     """An ACL the worker needs is missing; the message names the resource and the operation."""
+
+
+class RegistryError(WorkerError):
+    """The Schema Registry cannot be used: unreachable, refusing the credentials or a schema."""

@@ -25,6 +25,8 @@ Backend = Literal["auto", "numpy", "tf", "xla"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 Cell = Literal["lstm", "gru", "simple"]
 XFormat = Literal["bytes", "list"]
+# the values of input and output topics (docs/wire-format.md); the state topic is always msgpack
+Format = Literal["msgpack", "json", "avro"]
 
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
 
@@ -121,6 +123,22 @@ class Option:
 
 BOOTSTRAP_SERVERS = Option("--bootstrap-servers", str, "127.0.0.1:9092", "Kafka bootstrap servers")
 KAFKA_OPTIONS = (BOOTSTRAP_SERVERS,)  # with -X, which worker/cli.py adds beside them
+SCHEMA_REGISTRY_URL = Option(
+    "--schema-registry-url",
+    help="Schema Registry (Confluent API) of the Avro schemas, e.g. http://registry:8081",
+    unset="none; needed by avro",
+    details="checked at start (unreachable or refused credentials: exit 2); its client's settings pass through -S",
+)
+REGISTRY_OPTIONS = (SCHEMA_REGISTRY_URL,)  # with -S, which worker/cli.py adds beside it
+INPUT_FORMAT = Option(
+    "--input-format",
+    Format,
+    "msgpack",
+    "event values: msgpack, JSON objects, or Avro in the Schema Registry framing",
+    details="the state topic stays msgpack whatever the format",
+)
+OUTPUT_FORMAT = Option("--output-format", Format, help="prediction values", unset="the input format")
+FORMAT_OPTIONS = (INPUT_FORMAT, OUTPUT_FORMAT)
 
 _COMMIT_DEFAULTS = (
     f"{COMMIT_INTERVAL_MS['at_least_once']} at least once, {COMMIT_INTERVAL_MS['exactly_once_v2']} exactly once"
@@ -247,6 +265,7 @@ RUN_OPTIONS = (
         accepts="more than 0 seconds",
     ),
     Option("--log-level", LogLevel, "INFO", "logging level", case_insensitive=True),
+    *FORMAT_OPTIONS,
 )
 RUN: Mapping[str, Option] = MappingProxyType({option.field: option for option in RUN_OPTIONS})
 
@@ -266,7 +285,8 @@ PRODUCE_OPTIONS = (
     Option("--rate", float, 0.0, "events per second (0: as fast as possible)"),
     Option("--seed", int, 0, "random seed of values and interleaving"),
     Option("--partitions", int, 4, "partitions when the topic is created"),
-    Option("--x-format", XFormat, "bytes", "x as float32 bytes or a list"),
+    Option("--x-format", XFormat, "bytes", "msgpack events: x as float32 bytes or a list"),
+    Option("--format", Format, "msgpack", "event values; avro registers the Event schema under TOPIC-value"),
 )
 
 VERIFY_OPTIONS = (
@@ -276,6 +296,7 @@ VERIFY_OPTIONS = (
     Option("--tolerance", float, 1e-5, "largest accepted absolute difference"),
     Option("--timeout-s", float, 60.0, "give up when no new prediction arrived for this long"),
     Option("--plot", help="also write a PNG of a few keys' streaming vs full-history predictions (needs [demo])"),
+    *FORMAT_OPTIONS,
 )
 
 # -- docs/configuration.md -------------------------------------------------------------------
@@ -312,9 +333,10 @@ def options_table(options: tuple[Option, ...]) -> list[str]:
     return lines
 
 
-def reference(refused_kafka_keys: Mapping[str, str]) -> str:
-    """docs/configuration.md: every option's table, the -X pass-through and the keys it refuses."""
+def reference(refused_kafka_keys: Mapping[str, str], refused_registry_keys: Mapping[str, str]) -> str:
+    """docs/configuration.md: every option's table, the -X and -S pass-through and the keys they refuse."""
     kafka_prefix = ENV_PREFIX + "KAFKA_"
+    registry_prefix = ENV_PREFIX + "REGISTRY_"
     lines = [
         f"<!-- Generated from worker/options.py by `{REGENERATE}`; edit the tables there. -->",
         "# Configuration",
@@ -324,13 +346,13 @@ def reference(refused_kafka_keys: Mapping[str, str]) -> str:
         "variable. A value of the wrong type or outside the choices, by flag or variable, stops the command with",
         "exit code 2 and a message naming it; so does a `run` value outside its accepted range, at start.",
         f"A variable is read by every command that has the option: `{env_name('--features')}` is `run`'s",
-        "`--features` and `produce`'s. `lstm-worker bench --help` lists the benchmark's options.",
+        "`--features` and `produce`'s. `python -m bench --help` lists the benchmark's options.",
         "",
         "## `lstm-worker run`",
         "",
         "INPUT is the value of `--input-topic`.",
         "",
-        *options_table(KAFKA_OPTIONS + RUN_OPTIONS),
+        *options_table(KAFKA_OPTIONS + REGISTRY_OPTIONS + RUN_OPTIONS),
         "",
         "## librdkafka settings: `-X key=value` and `" + kafka_prefix + "<KEY>`",
         "",
@@ -349,9 +371,20 @@ def reference(refused_kafka_keys: Mapping[str, str]) -> str:
         "|---|---|",
         *(f"| `{key}` | {_cell(why)} |" for key, why in refused_kafka_keys.items()),
         "",
+        "## Schema Registry client settings: `-S key=value` and `" + registry_prefix + "<KEY>`",
+        "",
+        "With Avro, `run`, `produce` and `verify` pass settings of confluent-kafka's Schema Registry client",
+        f"through the same way: `-S key=value` or `{registry_prefix}<KEY>`, e.g.",
+        f"`{registry_prefix}BASIC_AUTH_USER_INFO=user:password` (basic authentication), `-S ssl.ca.location=...`.",
+        "An unknown key stops the command at start (exit 2). Refused, as the worker sets them:",
+        "",
+        "| key | why the worker sets it |",
+        "|---|---|",
+        *(f"| `{key}` | {_cell(why)} |" for key, why in refused_registry_keys.items()),
+        "",
         "## `lstm-worker produce`",
         "",
-        *options_table(KAFKA_OPTIONS + PRODUCE_OPTIONS),
+        *options_table(KAFKA_OPTIONS + REGISTRY_OPTIONS + PRODUCE_OPTIONS),
         "",
         "## `lstm-worker make-model`",
         "",
@@ -361,7 +394,7 @@ def reference(refused_kafka_keys: Mapping[str, str]) -> str:
         "",
         "`--json` (no variable) prints the report as one JSON object.",
         "",
-        *options_table(KAFKA_OPTIONS + VERIFY_OPTIONS),
+        *options_table(KAFKA_OPTIONS + REGISTRY_OPTIONS + VERIFY_OPTIONS),
         "",
     ]
     return "\n".join(lines)
@@ -369,9 +402,9 @@ def reference(refused_kafka_keys: Mapping[str, str]) -> str:
 
 def main() -> None:
     # imported here, not at the top: worker.config imports this module for RunConfig
-    from worker.config import PROTOCOL_KAFKA_KEYS
+    from worker.config import PROTOCOL_KAFKA_KEYS, PROTOCOL_REGISTRY_KEYS
 
-    sys.stdout.write(reference(PROTOCOL_KAFKA_KEYS))
+    sys.stdout.write(reference(PROTOCOL_KAFKA_KEYS, PROTOCOL_REGISTRY_KEYS))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from worker.batching import Packed, Round
-from worker.codec import PredictionEncoder
+from worker.formats import PredictionEncoding
 from worker.kafka.output import OutputProducer
 from worker.metrics import Metrics, PhaseClock
 from worker.state.store import StateStore
@@ -40,7 +40,7 @@ class RoundRunner:
         store: StateStore,
         output_topic: str,
         state_topic: str,
-        fingerprint: str,
+        encoder: PredictionEncoding,
         metrics: Metrics,
         clock: PhaseClock,
     ) -> None:
@@ -48,10 +48,9 @@ class RoundRunner:
         self.store = store
         self.output_topic = output_topic
         self.state_topic = state_topic
-        self.fingerprint = fingerprint
         self.metrics = metrics
         self.clock = clock
-        self.encoder = PredictionEncoder(model.output_dim, fingerprint)
+        self.encoder = encoder
         self.stream_time: dict[int, int] = {}  # partition -> newest event ts applied
 
     def warm_up(self) -> None:

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from confluent_kafka.admin import AdminClient
 
-from worker.codec import encode_event
 from worker.config import KafkaConfig
+from worker.formats import event_encoder
 from worker.kafka.output import OutputProducer
 from worker.kafka.topics import create_topic, partition_count
+from worker.options import Format
+
+if TYPE_CHECKING:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
 
 
 @dataclass(frozen=True)
@@ -50,17 +55,22 @@ def produce_synthetic(
     seed: int,
     partitions: int,
     x_format: str = "bytes",
+    value_format: Format = "msgpack",
+    registry: SchemaRegistryClient | None = None,
 ) -> Produced:
+    """`x_format` is msgpack's (float32 bytes or a list); JSON and Avro carry x as numbers."""
     admin = AdminClient(kafka.admin())
     if partition_count(admin, topic) is None:
         create_topic(admin, topic, partitions)
     producer = OutputProducer(kafka.producer())
     order = interleaving(keys * events_per_key, keys, seed)
     values = np.random.default_rng(seed + 1).standard_normal((len(order), features)).astype(np.float32)
+    encode = event_encoder(value_format, topic, registry)
+    as_list = value_format == "msgpack" and x_format == "list"
     started = time.monotonic()
     for i, k in enumerate(order):
-        x = values[i] if x_format == "bytes" else values[i].tolist()
-        producer.produce(topic, key_name(int(k)), encode_event(x))
+        x = values[i].tolist() if as_list else values[i]
+        producer.produce(topic, key_name(int(k)), encode(x, None, False, False))
         if rate > 0 and i % 64 == 0:
             ahead = i / rate - (time.monotonic() - started)
             if ahead > 0:

@@ -15,9 +15,10 @@ import numpy as np
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from worker.codec import CodecError, Event, decode_event, decode_prediction
+from worker.codec import CodecError, Event
 from worker.config import KafkaConfig
 from worker.errors import TopicError
+from worker.formats import PredictionDecoding, event_decoder, prediction_decoder
 from worker.kafka.output import position
 from worker.kafka.reader import TopicReader
 from worker.kafka.topics import partition_count
@@ -25,6 +26,9 @@ from worker.model.loader import load_model
 from worker.model.offline import full_history_predictions
 
 if TYPE_CHECKING:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    from worker.options import Format
     from worker.plot import PredictionTrace
 
 Src = tuple[int, int]
@@ -96,30 +100,34 @@ def expected_predictions(
     return {(e.partition, e.offset): y[i] for seq, y in zip(sequences, outputs, strict=True) for i, e in enumerate(seq)}
 
 
-def _read_events(kafka: KafkaConfig, topic: str, features: int, report: VerifyReport) -> list[tuple[bytes, Event]]:
+def _read_events(
+    kafka: KafkaConfig,
+    topic: str,
+    features: int,
+    fmt: Format,
+    registry: SchemaRegistryClient | None,
+    report: VerifyReport,
+) -> list[tuple[bytes, Event]]:
     admin = AdminClient(kafka.admin())
     partitions = partition_count(admin, topic)
     if partitions is None:
         raise TopicError(f"input topic {topic!r} does not exist")
     reader = TopicReader(kafka.consumer("lstm-worker-verify"), topic)
-    events = []
     try:
-        for p, offset, key, value in reader.read_partitions(list(range(partitions))):
-            try:
-                if key is None:
-                    raise CodecError("no_key", "")
-                events.append(
-                    (
-                        key,
-                        decode_event(
-                            value, features=features, partition=p, offset=offset, record_ts=0, max_bytes=1 << 30
-                        ),
-                    )
-                )
-            except CodecError:
-                report.invalid_events += 1
+        records = list(reader.read_partitions(list(range(partitions))))
     finally:
         reader.close()
+    # the event ts matters not here: the worker's predictions carry the one it used
+    decoded = event_decoder(fmt, features, 1 << 30, registry).decode(
+        [value for _, _, _, value in records], lambda indexes: [0] * len(indexes)
+    )
+    events = []
+    for i, (p, offset, key, _) in enumerate(records):
+        if key is None or not decoded.ok[i]:
+            report.invalid_events += 1
+            continue
+        event = Event(p, offset, decoded.x[i], int(decoded.ts[i]), bool(decoded.reset[i]), bool(decoded.end[i]))
+        events.append((key, event))
     report.events = len(events)
     return events
 
@@ -130,6 +138,7 @@ def _check_predictions(
     expected: dict[Src, np.ndarray],
     tolerance: float,
     timeout_s: float,
+    decode: PredictionDecoding,
     report: VerifyReport,
     trace: PredictionTrace | None = None,
 ) -> None:
@@ -154,7 +163,7 @@ def _check_predictions(
                     continue
                 at_end.discard(p)
                 last_progress = time.monotonic()
-                ts = _score(msg.value(), expected, seen, tolerance, report, trace)
+                ts = _score(decode, msg.value(), expected, seen, tolerance, report, trace)
                 if ts is not None:
                     timing.append((msg.timestamp()[1], ts))
     finally:
@@ -176,6 +185,7 @@ def _timing(timing: list[tuple[int, int]], report: VerifyReport) -> None:
 
 
 def _score(
+    decode: PredictionDecoding,
     value: bytes | None,
     expected: dict[Src, np.ndarray],
     seen: set[Src],
@@ -186,7 +196,7 @@ def _score(
     """Count one prediction; returns its event ts when it is one of the expected."""
     report.predictions += 1
     try:
-        pred = decode_prediction(value)
+        pred = decode(value)
     except CodecError:
         report.unexpected += 1
         return None
@@ -215,17 +225,22 @@ def verify(
     output_topic: str,
     tolerance: float = 1e-5,
     timeout_s: float = 60.0,
+    input_format: Format = "msgpack",
+    output_format: Format | None = None,
+    registry: SchemaRegistryClient | None = None,
     trace: PredictionTrace | None = None,
 ) -> VerifyReport:
-    """`trace`, when given, records a few keys' offline and streaming predictions (`worker.plot`)."""
+    """`output_format` None: the input's. `trace`, when given, records a few keys' offline and
+    streaming predictions (`worker.plot`)."""
     started = time.monotonic()
     report = VerifyReport()
     model = load_model(model_path)
     features = int(model.input_shape[-1])
-    events = _read_events(kafka, input_topic, features, report)
+    events = _read_events(kafka, input_topic, features, input_format, registry, report)
     expected = expected_predictions(model, events, report)
     if trace is not None:
         trace.choose(events, expected)
-    _check_predictions(kafka, output_topic, expected, tolerance, timeout_s, report, trace)
+    decode = prediction_decoder(output_format or input_format, output_topic, registry)
+    _check_predictions(kafka, output_topic, expected, tolerance, timeout_s, decode, report, trace)
     report.seconds = time.monotonic() - started
     return report

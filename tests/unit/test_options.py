@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from worker.cli import build_parser
-from worker.config import PROTOCOL_KAFKA_KEYS, KafkaConfig, RunConfig
+from worker.config import PROTOCOL_KAFKA_KEYS, PROTOCOL_REGISTRY_KEYS, KafkaConfig, RunConfig
 from worker.errors import ConfigError
 from worker.options import KAFKA_OPTIONS, REGENERATE, RUN, RUN_OPTIONS, reference
 
@@ -19,12 +19,13 @@ RUN_ARGS = ["run", "--model", "m.keras", "--input-topic", "events", "--output-to
 
 def test_committed_configuration_reference_is_the_generated_one():
     committed = (REPO / "docs" / "configuration.md").read_text()
-    assert committed == reference(PROTOCOL_KAFKA_KEYS), f"docs/configuration.md is stale: run `{REGENERATE}`"
+    generated = reference(PROTOCOL_KAFKA_KEYS, PROTOCOL_REGISTRY_KEYS)
+    assert committed == generated, f"docs/configuration.md is stale: run `{REGENERATE}`"
     assert committed.splitlines()[0].startswith("<!--") and REGENERATE in committed.splitlines()[0]
 
 
 def test_reference_lists_every_option_and_every_refused_kafka_key():
-    text = reference(PROTOCOL_KAFKA_KEYS)
+    text = reference(PROTOCOL_KAFKA_KEYS, PROTOCOL_REGISTRY_KEYS)
     for option in KAFKA_OPTIONS + RUN_OPTIONS:
         assert f"| `{option.flag}` | `{option.env}` |" in text
     for key, why in PROTOCOL_KAFKA_KEYS.items():
@@ -34,7 +35,7 @@ def test_reference_lists_every_option_and_every_refused_kafka_key():
 def test_every_run_config_field_is_an_option_of_the_same_type_and_default():
     hints = typing.get_type_hints(RunConfig)
     for field in dataclasses.fields(RunConfig):
-        if field.name == "kafka":
+        if field.name in ("kafka", "registry"):  # the -X and -S pass-through beside their options
             continue
         option = RUN[field.name]
         expected = option.type | None if field.default is None else option.type

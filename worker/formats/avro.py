@@ -1,0 +1,255 @@
+"""Avro values in the Schema Registry framing: magic byte 0, a 4-byte schema id, the Avro body.
+
+Events are read with any writer schema that resolves to EVENT_SCHEMA; predictions are written
+with PREDICTION_SCHEMA, registered under `<output-topic>-value`. The registry client and the
+serdes are confluent-kafka's (schemas by id, cached) and fastavro's (the bodies): fastavro
+decodes each record straight from one buffer, as confluent's AvroDeserializer costs several
+times more per record (docs/performance.md, "Avro"). Producers and readers use confluent's
+AvroSerializer and AvroDeserializer as they are.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+
+from worker.codec import DecodedEvents, Prediction
+from worker.errors import CodecError, RegistryError
+from worker.formats import EventEncoding, PredictionDecoding, RecordTimestamps
+
+log = logging.getLogger(__name__)
+NAMESPACE = "lstm_worker"
+EVENT_SCHEMA: dict[str, Any] = {
+    "type": "record",
+    "name": "Event",
+    "namespace": NAMESPACE,
+    "fields": [
+        {"name": "x", "type": {"type": "array", "items": "float"}},
+        {"name": "ts", "type": ["null", "long"], "default": None},
+        {"name": "reset", "type": "boolean", "default": False},
+        {"name": "end", "type": "boolean", "default": False},
+    ],
+}
+PREDICTION_SCHEMA: dict[str, Any] = {
+    "type": "record",
+    "name": "Prediction",
+    "namespace": NAMESPACE,
+    "fields": [
+        {"name": "y", "type": {"type": "array", "items": "float"}},
+        {"name": "ts", "type": "long"},
+        {
+            "name": "src",
+            "type": {
+                "type": "record",
+                "name": "Source",
+                "fields": [{"name": "partition", "type": "int"}, {"name": "offset", "type": "long"}],
+            },
+        },
+        {"name": "step", "type": "long"},
+        {"name": "model", "type": "string"},
+    ],
+}
+_HEADER = 5  # magic byte 0 and the schema id, big-endian
+# how long a registry that does not answer (not one that says no) is waited for before the worker
+# stops, without committing past the records it could not read
+REGISTRY_WAIT_S = 60.0
+
+
+def value_subject(topic: str) -> str:
+    """The subject of a topic's values (the registry's TopicNameStrategy)."""
+    return f"{topic}-value"
+
+
+def framing(schema_id: int) -> bytes:
+    return b"\x00" + schema_id.to_bytes(4, "big")
+
+
+class _WriterSchemas:
+    """Writer schemas by the 4 bytes of their id: parsed once, then shared by every record."""
+
+    def __init__(self, registry: SchemaRegistryClient) -> None:
+        self.registry = registry
+        self._parsed: dict[bytes, Any] = {}
+        self._reader = parse_schema(EVENT_SCHEMA)
+
+    def __call__(self, id_bytes: bytes) -> tuple[Any, Any]:
+        """(writer, reader) for fastavro: reader None when the writer is the reader schema itself."""
+        found = self._parsed.get(id_bytes)
+        if found is None:
+            found = self._parsed[id_bytes] = self._fetch(int.from_bytes(id_bytes, "big"))
+        return found
+
+    def _fetch(self, schema_id: int) -> tuple[Any, Any]:
+        schema = self._lookup(schema_id)
+        if (schema.schema_type or "AVRO") != "AVRO":
+            raise CodecError("schema", f"schema id {schema_id} is a {schema.schema_type} schema, not Avro")
+        try:
+            parsed = parse_schema(json.loads(schema.schema_str or ""))
+        except Exception as exc:  # fastavro and json raise many types for a bad schema
+            raise CodecError("schema", f"schema id {schema_id} is not a usable Avro schema: {exc}") from exc
+        if parsed == self._reader:
+            return parsed, None
+        return parsed, self._reader
+
+    def _lookup(self, schema_id: int) -> Schema:
+        """The registry's schema; a registry that does not answer is waited for (REGISTRY_WAIT_S)."""
+        started, pause = time.monotonic(), 0.2
+        while True:
+            try:
+                return self.registry.get_schema(schema_id)
+            except SchemaRegistryError as exc:
+                if exc.http_status_code == 404:
+                    raise CodecError("schema", f"schema id {schema_id} is not in the registry") from exc
+                if exc.http_status_code < 500:
+                    raise RegistryError(f"the schema registry refused to give schema id {schema_id}: {exc}") from exc
+                problem: Exception = exc
+            except Exception as exc:  # the HTTP client's transport errors: refused, reset, timed out
+                problem = exc
+            if time.monotonic() - started > REGISTRY_WAIT_S:
+                raise RegistryError(
+                    f"the schema registry did not answer for {REGISTRY_WAIT_S:.0f} s ({problem}); the worker stops "
+                    "without committing past the records it could not read: check the registry and restart"
+                )
+            log.warning("schema registry: schema id %d not fetched (%s), retrying", schema_id, problem)
+            time.sleep(pause)
+            pause = min(2 * pause, 5.0)
+
+
+class AvroEventDecoder:
+    def __init__(self, registry: SchemaRegistryClient, features: int, max_bytes: int) -> None:
+        self.features = features
+        self.max_bytes = max_bytes
+        self._schemas = _WriterSchemas(registry)
+
+    def _record(self, value: bytes | None) -> dict[str, Any]:
+        if value is None:
+            raise CodecError("decode", "value is empty (null)")
+        if len(value) > self.max_bytes:
+            raise CodecError("too_large", f"value has {len(value)} bytes, the limit is {self.max_bytes}")
+        if len(value) <= _HEADER or value[0] != 0:
+            raise CodecError("framing", "not in the Schema Registry framing (magic byte 0, 4-byte schema id, body)")
+        writer, reader = self._schemas(value[1:_HEADER])
+        body = io.BytesIO(value)
+        body.seek(_HEADER)
+        try:
+            record: dict[str, Any] = schemaless_reader(body, writer, reader)  # type: ignore[assignment]
+        except Exception as exc:  # fastavro raises EOFError, ValueError, SchemaResolutionError, ...
+            reason = "schema" if type(exc).__name__ == "SchemaResolutionError" else "decode"
+            raise CodecError(reason, f"the Avro body does not decode: {type(exc).__name__}: {exc}") from exc
+        if body.tell() != len(value):
+            raise CodecError("decode", f"{len(value) - body.tell()} bytes after the Avro record")
+        if len(record["x"]) != self.features:
+            raise CodecError("shape", f"x has {len(record['x'])} numbers, expected {self.features}")
+        return record
+
+    def decode(self, values: list[bytes | None], record_ts: RecordTimestamps) -> DecodedEvents:
+        n = len(values)
+        x = np.zeros((n, self.features), dtype=np.float32)
+        ts = np.zeros(n, dtype=np.int64)
+        reset, end, ok = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+        rejected: list[tuple[int, CodecError]] = []
+        good: list[int] = []
+        rows: list[list[float]] = []
+        stamps: list[int | None] = []
+        untimed: list[int] = []
+        for i, value in enumerate(values):
+            try:
+                record = self._record(value)
+            except CodecError as exc:
+                rejected.append((i, exc))
+                continue
+            good.append(i)
+            rows.append(record["x"])
+            stamp = record["ts"]
+            if stamp is None:
+                untimed.append(len(stamps))
+            stamps.append(stamp)
+            reset[i], end[i] = record["reset"], record["end"]
+        if good:
+            if untimed:
+                for j, stamp in zip(untimed, record_ts([good[j] for j in untimed]), strict=True):
+                    stamps[j] = stamp
+            x[good] = np.array(rows, dtype=np.float32)
+            ts[good] = stamps  # type: ignore[assignment]  # none is None now
+            ok[good] = True
+            infinite = np.array(good)[~np.isfinite(x[good]).all(axis=1)]
+            if len(infinite):
+                ok[infinite] = False
+                rejected += [(i, CodecError("non_finite", "x holds NaN or infinity")) for i in infinite.tolist()]
+                rejected.sort(key=lambda item: item[0])
+        return DecodedEvents(ok, x, ts, reset, end, rejected)
+
+
+class AvroPredictionEncoder:
+    """A round's predictions in one buffer, cut at each record's end."""
+
+    def __init__(self, registry: SchemaRegistryClient, topic: str, model: str) -> None:
+        self.model = model
+        self._schema = parse_schema(PREDICTION_SCHEMA)
+        self._framing = framing(register(registry, value_subject(topic), PREDICTION_SCHEMA))
+
+    def encode(
+        self, y: np.ndarray, ts: np.ndarray, partition: np.ndarray, offset: np.ndarray, step: np.ndarray
+    ) -> list[bytes]:
+        out, ends, schema, head, model = io.BytesIO(), [], self._schema, self._framing, self.model
+        for values, t, p, o, s in zip(
+            y.tolist(), ts.tolist(), partition.tolist(), offset.tolist(), step.tolist(), strict=True
+        ):
+            out.write(head)
+            record = {"y": values, "ts": t, "src": {"partition": p, "offset": o}, "step": s, "model": model}
+            schemaless_writer(out, schema, record)
+            ends.append(out.tell())
+        buf = out.getbuffer()
+        return [bytes(buf[start:stop]) for start, stop in zip([0, *ends[:-1]], ends, strict=True)]
+
+
+def register(registry: SchemaRegistryClient, subject: str, schema: dict[str, Any]) -> int:
+    """The schema's id under `subject`, registered if new; a refusal (an incompatible schema under
+    the subject, no permission) is a RegistryError that says what to do."""
+    try:
+        return int(registry.register_schema(subject, Schema(json.dumps(schema), "AVRO")))
+    except SchemaRegistryError as exc:
+        if exc.http_status_code == 409:
+            raise RegistryError(
+                f"the schema registry refused {schema['name']} under subject {subject!r} as incompatible with the "
+                f"schemas there ({exc}): delete the subject or relax its compatibility, or use another topic"
+            ) from exc
+        raise RegistryError(
+            f"the schema registry refused to register {schema['name']} under {subject!r}: {exc}"
+        ) from exc
+
+
+def avro_event_serializer(registry: SchemaRegistryClient, topic: str) -> EventEncoding:
+    serialize = AvroSerializer(registry, json.dumps(EVENT_SCHEMA))
+    context = SerializationContext(topic, MessageField.VALUE)
+
+    def encode(x: np.ndarray | list[float], ts: int | None, reset: bool, end: bool) -> bytes:
+        event = {"x": np.asarray(x, dtype=np.float32).tolist(), "ts": ts, "reset": reset, "end": end}
+        return serialize(event, context)
+
+    return encode
+
+
+def avro_prediction_deserializer(registry: SchemaRegistryClient, topic: str) -> PredictionDecoding:
+    deserialize = AvroDeserializer(registry, json.dumps(PREDICTION_SCHEMA))
+    context = SerializationContext(topic, MessageField.VALUE)
+
+    def decode(value: bytes | None) -> Prediction:
+        try:
+            p = deserialize(value, context)
+        except Exception as exc:  # the deserializer's own and fastavro's errors
+            raise CodecError("decode", f"not an Avro prediction: {type(exc).__name__}: {exc}") from exc
+        if p is None:
+            raise CodecError("decode", "value is empty (null)")
+        return Prediction(p["y"], p["src"]["partition"], p["src"]["offset"], p["step"], p["ts"], p["model"])
+
+    return decode
