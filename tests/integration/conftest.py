@@ -66,6 +66,24 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         local.stop()
 
 
+@pytest.fixture(scope="session")
+def registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Schema Registry (deploy/registry: Apicurio, in memory) for the session, unless
+    SCHEMA_REGISTRY_URL names one; the Confluent API's base URL."""
+    given = os.environ.get("SCHEMA_REGISTRY_URL")
+    if given:
+        yield given
+        return
+    env = {**os.environ, "REGISTRY_PORT": str(free_port()), "REGISTRY_DIR": str(tmp_path_factory.mktemp("registry"))}
+    started = subprocess.run([REPO / "deploy/registry/start.sh"], env=env, capture_output=True, text=True, timeout=180)
+    if started.returncode != 0:
+        pytest.fail(f"the Schema Registry did not start:\n{started.stdout}\n{started.stderr}")
+    try:
+        yield started.stdout.strip()
+    finally:
+        subprocess.run([REPO / "deploy/registry/stop.sh"], env=env, capture_output=True, timeout=60)
+
+
 @pytest.fixture
 def own_broker(tmp_path: Path) -> Iterator[LocalBroker]:
     """A broker for this test alone (outage tests stop it)."""

@@ -11,9 +11,11 @@ from worker.cli import build_parser, main
 from worker.config import (
     PROTOCOL_KAFKA_KEYS,
     KafkaConfig,
+    RegistryConfig,
     RunConfig,
     is_secret,
     parse_kafka_overrides,
+    parse_registry_overrides,
     redact,
     redact_text,
 )
@@ -527,3 +529,79 @@ def test_float_and_int_options_of_other_commands(monkeypatch):
     assert args.timeout_s == 60.0
     args = build_parser().parse_args(["produce", "--topic", "t", "--keys", "12", "--rate", "2.5"])
     assert (args.keys, args.rate, args.partitions, args.x_format) == (12, 2.5, 4, "bytes")
+
+
+# --- value formats and the Schema Registry -----------------------------------------------------
+
+
+def test_avro_without_a_registry_is_refused_naming_the_format_flag_and_the_registry_setting(model_file):
+    with pytest.raises(ConfigError) as info:
+        run_config(model_file, input_format="avro")
+    assert str(info.value) == (
+        "--input-format avro needs a Schema Registry: set --schema-registry-url or LSTM_WORKER_SCHEMA_REGISTRY_URL"
+    )
+    with pytest.raises(ConfigError, match="^--output-format avro needs a Schema Registry"):
+        run_config(model_file, input_format="json", output_format="avro")
+    config = run_config(model_file, input_format="avro", registry=RegistryConfig("http://r:8081"))
+    assert config.prediction_format == "avro"
+    assert run_config(model_file, input_format="json").prediction_format == "json"
+    assert (
+        run_config(model_file, input_format="avro", output_format="msgpack", registry=config.registry).prediction_format
+        == "msgpack"
+    )
+
+
+def test_registry_settings_pass_through_like_librdkafka_settings_and_hide_secrets():
+    environ = {"LSTM_WORKER_REGISTRY_BASIC_AUTH_USER_INFO": "ann:s3cret", "LSTM_WORKER_REGISTRY_TIMEOUT": "5"}
+    overrides = parse_registry_overrides(["timeout=7", "ssl.ca.location=/ca.pem"], environ)
+    assert overrides == (("basic.auth.user.info", "ann:s3cret"), ("ssl.ca.location", "/ca.pem"), ("timeout", "7"))
+    config = RegistryConfig("http://r:8081", overrides)
+    assert config.client()["url"] == "http://r:8081" and config.client()["timeout"] == "7"
+    assert "s3cret" not in repr(config) and "***" in repr(config)
+    with pytest.raises(ConfigError, match=r"^-S url: set by the worker \(given by --schema-registry-url"):
+        parse_registry_overrides(["url=http://elsewhere"], {})
+    with pytest.raises(ConfigError, match=r"^-S 'timeout': expected key=value, e.g. -S basic.auth.user.info="):
+        parse_registry_overrides(["timeout"], {})
+
+
+def test_the_run_parser_builds_the_registry_config_from_flags_and_variables(monkeypatch, capsys, model_file):
+    monkeypatch.setenv("LSTM_WORKER_REGISTRY_BASIC_AUTH_USER_INFO", "ann:s3cret")
+    monkeypatch.setenv("LSTM_WORKER_INPUT_FORMAT", "avro")
+    args = build_parser().parse_args([*RUN_ARGS, "--schema-registry-url", "http://r:8081", "-S", "timeout=3"])
+    assert (args.input_format, args.output_format, args.schema_registry_url) == ("avro", None, "http://r:8081")
+    assert args.registry_settings == ["timeout=3"]
+    monkeypatch.setenv("LSTM_WORKER_INPUT_FORMAT", "xml")
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(RUN_ARGS)
+    assert info.value.code == 2
+    assert "LSTM_WORKER_INPUT_FORMAT='xml' is not a valid value for --input-format" in capsys.readouterr().err
+
+
+def test_avro_commands_without_a_registry_or_with_bad_registry_settings_exit_2(capsys):
+    assert main(["produce", "--topic", "t", "--format", "avro"]) == 2
+    assert "avro needs a Schema Registry: set --schema-registry-url" in capsys.readouterr().err
+    url = ["--schema-registry-url", "http://127.0.0.1:1"]
+    assert (
+        main(
+            [
+                "verify",
+                "--model",
+                "m",
+                "--input-topic",
+                "i",
+                "--output-topic",
+                "o",
+                "--output-format",
+                "avro",
+                *url,
+                "-S",
+                "no.such.key=1",
+            ]
+        )
+        == 2
+    )
+    assert (
+        "the Schema Registry settings are not accepted: Unrecognized properties: no.such.key" in capsys.readouterr().err
+    )
+    assert main(["produce", "--topic", "t", "--format", "avro", *url, "-S", "timeout=soon"]) == 2
+    assert "-S timeout='soon': expected a number" in capsys.readouterr().err

@@ -101,7 +101,8 @@ class JsonEventDecoder:
             good = index[positions]
             rejected += [(int(index[i]), error) for i, error in bad]
         if events:
-            x[good] = np.array(list(map(_X, events)), dtype=np.float32)
+            with np.errstate(over="ignore"):  # beyond float32's range: infinite, refused below
+                x[good] = np.array(list(map(_X, events)), dtype=np.float32)
             stamps = list(map(_TS, events))
             missing = [i for i, stamp in enumerate(stamps) if stamp is None]
             for i, stamp in zip(missing, record_ts(good[missing].tolist()) if missing else [], strict=True):
