@@ -540,7 +540,7 @@ def test_avro_without_a_registry_is_refused_naming_the_format_flag_and_the_regis
     assert str(info.value) == (
         "--input-format avro needs a Schema Registry: set --schema-registry-url or LSTM_WORKER_SCHEMA_REGISTRY_URL"
     )
-    with pytest.raises(ConfigError, match="^--output-format avro needs a Schema Registry"):
+    with pytest.raises(ConfigError, match=r"^--output-format avro needs a Schema Registry"):
         run_config(model_file, input_format="json", output_format="avro")
     config = run_config(model_file, input_format="avro", registry=RegistryConfig("http://r:8081"))
     assert config.prediction_format == "avro"
