@@ -3,6 +3,7 @@
 # Env: REGISTRY_PORT (8081), REGISTRY_DIR (log, pid; default .cache/registry-$REGISTRY_PORT under
 # the repo), REGISTRY_HEAP (256m). Its Confluent-compatible API is under /apis/ccompat/v7.
 # Prints that URL once the registry answers. Storage is in memory: a restart starts empty.
+# Apicurio's own variables (e.g. AUTH_ENABLED, KEYCLOAK_URL) pass through the environment.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -10,7 +11,8 @@ port="${REGISTRY_PORT:-8081}"
 dir="${REGISTRY_DIR:-$repo/.cache/registry-$port}"
 mkdir -p "$dir" && dir="$(cd "$dir" && pwd)"
 url="http://127.0.0.1:$port/apis/ccompat/v7"
-answers() { curl -sf -o /dev/null --max-time 2 "$url/subjects"; }
+# 401: a registry that requires credentials (AUTH_ENABLED) answers too
+answers() { [[ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$url/subjects")" =~ ^(200|401)$ ]]; }
 
 if [[ -f "$dir/pid" ]] && kill -0 "$(cat "$dir/pid")" 2>/dev/null && answers; then
   echo "$url"

@@ -5,6 +5,7 @@ values dead-lettered with their reason and original bytes while the worker goes 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 
@@ -15,7 +16,7 @@ from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from tests.integration.conftest import free_port
+from tests.integration.conftest import REPO, free_port
 from tests.integration.kafka_io import produce, read_all
 from worker.config import RegistryConfig
 from worker.formats import event_encoder
@@ -200,3 +201,32 @@ def test_a_registry_that_cannot_be_reached_stops_the_worker_at_start(topics, mod
     log = worker.log()
     assert f"the schema registry at {nowhere} cannot be reached" in log and "check --schema-registry-url" in log, log
     assert "Traceback" not in log
+
+
+def test_a_registry_that_refuses_the_credentials_stops_the_worker_at_start(
+    tmp_path, topics, model_file, start_worker, kafka
+):
+    """Apicurio with authentication on (its OIDC server need not run for it to refuse a client
+    that brings no credentials)."""
+    create_topic(AdminClient(kafka.admin()), topics.input, 1)
+    env = {
+        **os.environ,
+        "REGISTRY_PORT": str(free_port()),
+        "REGISTRY_DIR": str(tmp_path / "registry"),
+        "AUTH_ENABLED": "true",
+        "KEYCLOAK_URL": f"http://127.0.0.1:{free_port()}",
+        "KEYCLOAK_REALM": "none",
+    }
+    started = subprocess.run([REPO / "deploy/registry/start.sh"], env=env, capture_output=True, text=True, timeout=180)
+    assert started.returncode == 0, started.stderr
+    try:
+        url = started.stdout.strip()
+        worker = start_worker(
+            model_file("lstm", (16, 8)), topics, "--output-format", "avro", "--schema-registry-url", url
+        )
+        assert worker.proc.wait(60) == 2
+        log = worker.log()
+        assert f"the schema registry at {url} refused the credentials (HTTP 401)" in log, log
+        assert "check -S basic.auth.user.info" in log and "Traceback" not in log, log
+    finally:
+        subprocess.run([REPO / "deploy/registry/stop.sh"], env=env, capture_output=True, timeout=60)
