@@ -1,6 +1,6 @@
 """Helpers of the deployment checks (tests/deploy/test_*.py, tests/integration/test_prometheus.py):
-the repository's deploy files, the worker's own names for its options and metrics, PromQL metric
-names, and promtool."""
+the repository's deploy files, the worker's own names for its options and metrics, the configuration
+the worker would build from a deployment's environment, PromQL metric names, and promtool."""
 
 from __future__ import annotations
 
@@ -15,9 +15,20 @@ from typing import Any
 
 import pytest
 import yaml
+from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from worker.cli import build_parser
-from worker.config import ENV_PREFIX, KAFKA_ENV_PREFIX
+from worker.config import (
+    ENV_PREFIX,
+    KAFKA_ENV_PREFIX,
+    REGISTRY_ENV_PREFIX,
+    KafkaConfig,
+    RegistryConfig,
+    RunConfig,
+    parse_kafka_overrides,
+    parse_registry_overrides,
+)
+from worker.errors import ConfigError
 from worker.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,6 +40,10 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "lstm-worker.json"
 # past --shutdown-timeout-s the watchdog notices within a fraction of a second and the process
 # exits at once; a few seconds more cover a busy node
 SHUTDOWN_EXIT_MARGIN_S = 5
+# where the Confluent-compatible API of Apicurio Registry 2.x lives under its base URL
+CCOMPAT_PATH = "/apis/ccompat/v7"
+# a released version: digits, optionally a qualifier such as Apicurio's .Final; never latest
+_PINNED_IMAGE = re.compile(r"[\w./-]+:v?\d+\.\d+\.\d+(?:[.-][A-Za-z]\w*)?")
 
 
 def load_yaml(path: Path) -> Any:
@@ -37,6 +52,11 @@ def load_yaml(path: Path) -> Any:
 
 def load_yaml_docs(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def pinned(image: str) -> bool:
+    """Whether an image reference names a released version (not latest, not a bare name)."""
+    return _PINNED_IMAGE.fullmatch(image) is not None
 
 
 def subcommand(name: str) -> argparse.ArgumentParser:
@@ -57,11 +77,15 @@ def env_names(command: str = "run") -> set[str]:
 
 
 def check_worker_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> argparse.Namespace:
-    """`env` names only variables the worker reads, and the real CLI accepts them with `argv`."""
+    """`env` names only variables the worker reads, and the real CLI accepts them with `argv`:
+    options of the subcommand, librdkafka settings (LSTM_WORKER_KAFKA_*) the worker does not refuse,
+    and Schema Registry client settings (LSTM_WORKER_REGISTRY_*) that confluent-kafka's client knows.
+    The variables stay set (monkeypatch) for `run_config`."""
+    passthrough = (KAFKA_ENV_PREFIX, REGISTRY_ENV_PREFIX)
     unknown = {
         name
         for name in env
-        if name.startswith(ENV_PREFIX) and not name.startswith(KAFKA_ENV_PREFIX) and name not in env_names(argv[0])
+        if name.startswith(ENV_PREFIX) and not name.startswith(passthrough) and name not in env_names(argv[0])
     }
     assert not unknown, f"not options of `lstm-worker {argv[0]}`: {sorted(unknown)}"
     for name in [n for n in os.environ if n.startswith(ENV_PREFIX)]:
@@ -69,9 +93,37 @@ def check_worker_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, argv:
     for name, value in env.items():
         monkeypatch.setenv(name, str(value))
     try:
-        return build_parser().parse_args(argv)
+        args = build_parser().parse_args(argv)
     except SystemExit as exc:
         raise AssertionError(f"`lstm-worker {' '.join(argv)}` refuses this environment: {env}") from exc
+    try:
+        kafka_config(args)
+        registry = registry_config(args)
+    except ConfigError as exc:
+        raise AssertionError(f"`lstm-worker {argv[0]}` refuses a pass-through setting: {exc}") from exc
+    if registry.url:
+        try:  # offline: the client checks its settings when built, and connects only when asked
+            SchemaRegistryClient(registry.client())
+        except ValueError as exc:
+            raise AssertionError(f"the Schema Registry client refuses these settings: {exc}") from exc
+    return args
+
+
+def run_config(args: argparse.Namespace, tmp_path: Path) -> RunConfig:
+    """The RunConfig `lstm-worker run` builds from `args` (parsed by `check_worker_env`, whose
+    variables must still be set), up to connecting: a ConfigError is a setting the worker refuses
+    at start. The model file is in the image, so an empty file stands in for it."""
+    model = tmp_path / "model.keras"
+    model.touch()
+    return RunConfig.from_options(kafka_config(args), vars(args) | {"model": str(model)}, registry_config(args))
+
+
+def kafka_config(args: argparse.Namespace) -> KafkaConfig:
+    return KafkaConfig(args.bootstrap_servers, parse_kafka_overrides(args.kafka_settings, os.environ))
+
+
+def registry_config(args: argparse.Namespace) -> RegistryConfig:
+    return RegistryConfig(args.schema_registry_url, parse_registry_overrides(args.registry_settings, os.environ))
 
 
 # -- metric names ---------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """deploy/kubernetes, checked offline: built-in kinds against the Kubernetes OpenAPI schemas that
 kubernetes-validate ships (strict: unknown fields fail), the custom resources (KEDA ScaledObject,
 ServiceMonitor, PrometheusRule) against schemas written from their CRDs (tests/deploy/crd_schemas),
-and the references between the objects, the worker's CLI, its HTTP endpoints and the alerts."""
+and the references between the objects, the worker's CLI and the configuration it builds, its HTTP
+endpoints, the in-memory Schema Registry (registry.yaml) and the alerts."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import re
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
+from urllib.parse import urlsplit
 
 import jsonschema
 import kubernetes_validate
@@ -19,6 +21,7 @@ import pytest
 from referencing import Registry, Resource
 
 from tests.deploy.support import (
+    CCOMPAT_PATH,
     DEPLOY,
     K8S,
     PROMETHEUS,
@@ -26,8 +29,13 @@ from tests.deploy.support import (
     check_worker_env,
     load_yaml,
     load_yaml_docs,
+    pinned,
+    run_config,
 )
+from worker.config import REGISTRY_ENV_PREFIX, is_secret
+from worker.errors import ConfigError
 from worker.metrics import HealthServer, Metrics
+from worker.options import Format
 
 KUBERNETES_VERSIONS = ("1.29", "1.37")  # oldest and newest validated
 SCHEMAS = Path(__file__).parent / "crd_schemas"
@@ -38,11 +46,19 @@ CRD_SCHEMAS = {
 }
 
 
-def manifests() -> dict[str, dict[str, Any]]:
-    """kind -> the one object of that kind, from the files kustomization.yaml lists."""
+REGISTRY_APP = "lstm-worker-registry"  # app.kubernetes.io/name of the Schema Registry's objects
+REGISTRY_URL = "LSTM_WORKER_SCHEMA_REGISTRY_URL"
+REGISTRY_USER_INFO = REGISTRY_ENV_PREFIX + "BASIC_AUTH_USER_INFO"
+
+
+def manifests(registry: bool = False) -> dict[str, dict[str, Any]]:
+    """kind -> the one object of that kind, from the files kustomization.yaml lists: the worker's
+    objects, or with `registry` those of the Schema Registry (labelled REGISTRY_APP)."""
     objects = {}
     for name in load_yaml(K8S / "kustomization.yaml")["resources"]:
         for doc in load_yaml_docs(K8S / name):
+            if (doc["metadata"].get("labels", {}).get("app.kubernetes.io/name") == REGISTRY_APP) != registry:
+                continue
             assert doc["kind"] not in objects, f"one {doc['kind']} expected"
             objects[doc["kind"]] = doc
     return objects
@@ -71,19 +87,43 @@ def k8s() -> dict[str, dict[str, Any]]:
     return manifests()
 
 
+@pytest.fixture(scope="module")
+def registry() -> dict[str, dict[str, Any]]:
+    return manifests(registry=True)
+
+
 def container(k8s: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return k8s["Deployment"]["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
+
+
+# what a Secret's key holds, for the environment check: the registry's USER:PASSWORD
+_SECRET_STAND_INS = {REGISTRY_USER_INFO: "user:password"}
+
+
+def pod_env(k8s: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The worker's environment: the ConfigMap, then the container's env (values from the pod's
+    fields and from Secrets stood in for)."""
+    env = dict(k8s["ConfigMap"]["data"])
+    for e in container(k8s)["env"]:
+        env[e["name"]] = e["value"] if "value" in e else _SECRET_STAND_INS.get(e["name"], "from-field")
+    return env
 
 
 def test_kustomization_lists_every_manifest():
     listed = set(load_yaml(K8S / "kustomization.yaml")["resources"])
     present = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     assert listed == present
+    assert "registry.yaml" in listed
 
 
 @pytest.mark.parametrize("kind", ["ConfigMap", "Job", "Deployment", "Service", "PodDisruptionBudget"])
 def test_builtin_objects_validate_against_the_kubernetes_schemas(k8s, kind):
     validate(k8s[kind])
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "Service"])
+def test_registry_objects_validate_against_the_kubernetes_schemas(registry, kind):
+    validate(registry[kind])
 
 
 @pytest.mark.parametrize("kind", ["ScaledObject", "ServiceMonitor", "PrometheusRule"])
@@ -126,11 +166,111 @@ def test_a_broken_manifest_fails_validation(k8s, kind, path, value):
         validate(broken(k8s[kind], path, value))
 
 
-def test_worker_environment_names_real_options_with_valid_values(k8s, monkeypatch):
-    env = dict(k8s["ConfigMap"]["data"])
-    env |= {e["name"]: e.get("value", "from-field") for e in container(k8s)["env"]}
-    args = check_worker_env(env, monkeypatch, container(k8s)["args"])
+@pytest.mark.parametrize(
+    ("kind", "path", "value"),
+    [
+        ("Deployment", "spec.template.spec.containers.0.ports.0.containerPort", "8080"),
+        ("Deployment", "spec.template.spec.containers.0.readinessProbe.httpGet.port", None),
+        ("Deployment", "spec.selector", None),
+        ("Service", "spec.ports.0.targetPort", ["http"]),
+    ],
+)
+def test_a_broken_registry_manifest_fails_validation(registry, kind, path, value):
+    with pytest.raises(jsonschema.ValidationError):
+        validate(broken(registry[kind], path, value))
+
+
+def test_worker_environment_names_real_options_with_valid_values(k8s, monkeypatch, tmp_path):
+    args = check_worker_env(pod_env(k8s), monkeypatch, container(k8s)["args"])
     assert args.command == "run" and args.metrics_port == container(k8s)["ports"][0]["containerPort"]
+    config = run_config(args, tmp_path)
+    assert (config.input_format, config.prediction_format) == ("msgpack", "msgpack")
+    assert config.registry.url == k8s["ConfigMap"]["data"][REGISTRY_URL]
+    assert dict(config.registry.overrides) == {"basic.auth.user.info": "user:password"}
+
+
+@pytest.mark.parametrize("fmt", get_args(Format))
+@pytest.mark.parametrize("name", ["LSTM_WORKER_INPUT_FORMAT", "LSTM_WORKER_OUTPUT_FORMAT"])
+def test_switching_a_format_in_the_configmap_needs_nothing_else(k8s, monkeypatch, tmp_path, name, fmt):
+    args = check_worker_env(pod_env(k8s) | {name: fmt}, monkeypatch, container(k8s)["args"])
+    config = run_config(args, tmp_path)
+    assert fmt in (config.input_format, config.prediction_format)
+
+
+def test_avro_without_the_registry_url_is_refused(k8s, monkeypatch, tmp_path):
+    """The check above can fail: the worker's own validation refuses avro with no registry."""
+    env = {k: v for k, v in pod_env(k8s).items() if k != REGISTRY_URL} | {"LSTM_WORKER_INPUT_FORMAT": "avro"}
+    with pytest.raises(ConfigError, match="Schema Registry"):
+        run_config(check_worker_env(env, monkeypatch, container(k8s)["args"]), tmp_path)
+
+
+def registry_container(registry: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    (only,) = registry["Deployment"]["spec"]["template"]["spec"]["containers"]
+    return only  # type: ignore[no-any-return]
+
+
+def test_registry_url_is_the_registry_services_confluent_api(k8s, registry):
+    url = urlsplit(k8s["ConfigMap"]["data"][REGISTRY_URL])
+    service = registry["Service"]
+    # the short name: kustomize puts the worker and the registry in one namespace
+    assert (url.scheme, url.hostname) == ("http", service["metadata"]["name"])
+    (port,) = service["spec"]["ports"]
+    assert url.port == port["port"]
+    assert url.path == CCOMPAT_PATH, "the Confluent API's base URL"
+    named = {p["name"]: p["containerPort"] for p in registry_container(registry)["ports"]}
+    assert port["targetPort"] in named, "the Service's targetPort names a port of the registry's container"
+
+
+def test_registry_service_selects_the_registry_and_no_worker_selects_it(k8s, registry):
+    registry_pods = registry["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    worker_pods = k8s["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    for selector in (
+        registry["Service"]["spec"]["selector"],
+        registry["Deployment"]["spec"]["selector"]["matchLabels"],
+    ):
+        assert selector.items() <= registry_pods.items()
+        assert not selector.items() <= worker_pods.items()
+    # else the registry would be scraped as a worker, counted by the worker's budget, or scaled
+    for kind, selector in [
+        ("Deployment", k8s["Deployment"]["spec"]["selector"]["matchLabels"]),
+        ("Service", k8s["Service"]["spec"]["selector"]),
+        ("PodDisruptionBudget", k8s["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"]),
+    ]:
+        assert not selector.items() <= registry_pods.items(), f"the worker's {kind} selects the registry"
+
+
+def test_in_memory_registry_runs_one_pod_replaced_not_rolled(registry):
+    """Each pod of an in-memory registry holds its own schemas: two at once would hand out ids
+    the other does not know."""
+    spec = registry["Deployment"]["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+
+
+def test_registry_image_is_pinned_and_probed_on_its_health_endpoints(registry):
+    c = registry_container(registry)
+    assert pinned(c["image"]) and c["image"].startswith("apicurio/apicurio-registry-mem:2."), c["image"]
+    ports = {p["name"] for p in c["ports"]}
+    paths = {name: c[name]["httpGet"] for name in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert all(probe["port"] in ports for probe in paths.values())
+    assert paths["readinessProbe"]["path"] == "/health/ready"
+    assert paths["livenessProbe"]["path"] == paths["startupProbe"]["path"] == "/health/live"
+
+
+def test_every_image_is_pinned(k8s, registry):
+    jobs = k8s["Job"]["spec"]["template"]["spec"]["containers"]
+    for c in [container(k8s), registry_container(registry), *jobs]:
+        assert pinned(c["image"]), f"{c['name']}: pin a version, got {c['image']!r}"
+
+
+def test_registry_credentials_come_from_an_optional_secret(k8s):
+    (entry,) = [e for e in container(k8s)["env"] if e["name"] == REGISTRY_USER_INFO]
+    ref = entry["valueFrom"]["secretKeyRef"]
+    assert ref["name"] and ref["key"]
+    assert ref["optional"] is True, "a registry without authentication needs no Secret"
+    # no secret in the ConfigMap, whether a librdkafka or a registry client setting
+    settings = [k.lower().replace("_", ".") for k in k8s["ConfigMap"]["data"]]
+    assert not [k for k in settings if is_secret(k)], settings
 
 
 def job_topics(k8s: dict[str, dict[str, Any]]) -> dict[str, tuple[int, str]]:
@@ -223,8 +363,7 @@ def test_the_workers_shutdown_bound_ends_before_the_kubelets_sigkill(k8s, monkey
     """The worker's own deadline (exit 75, with a log line that says why) must come first: a
     SIGKILL at terminationGracePeriodSeconds says nothing."""
     pod = k8s["Deployment"]["spec"]["template"]["spec"]
-    env = dict(k8s["ConfigMap"]["data"]) | {e["name"]: e.get("value", "x") for e in container(k8s)["env"]}
-    timeout_s = check_worker_env(env, monkeypatch, container(k8s)["args"]).shutdown_timeout_s
+    timeout_s = check_worker_env(pod_env(k8s), monkeypatch, container(k8s)["args"]).shutdown_timeout_s
     assert pod["terminationGracePeriodSeconds"] >= timeout_s + SHUTDOWN_EXIT_MARGIN_S
 
 
