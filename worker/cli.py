@@ -196,7 +196,8 @@ def _run_worker(args: argparse.Namespace) -> int:
     log.info("configuration: %r", config)  # KafkaConfig's and RegistryConfig's reprs hide secrets
     # wrong credentials or a missing group ACL stop the worker in a second, before TensorFlow loads
     check_client_access(config.kafka, config.group_id)
-    registry = connect_registry(config.registry) if config.registry.url else None
+    avro = "avro" in (config.input_format, config.prediction_format)
+    registry = connect_registry(config.registry) if avro else None  # RunConfig refused avro without a URL
     if not keep_freed_memory():  # before the imports and TensorFlow allocate
         log.info("heap thresholds left as they are (not glibc, or set in the environment)")
     from worker.app import Worker
