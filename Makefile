@@ -67,22 +67,31 @@ test: venv tools lint ## everything CI runs: lint, unit and integration tests ag
 demo: venv ## broker, model, two workers, 50k events with a live progress line, verification, PNG plot
 	deploy/demo.sh
 
-# `make bench`: its own broker (stopped after, unless it was running) on BENCH_KAFKA_PORT, at nice BENCH_NICE
-# like the load generator, below the worker under test; BENCH_ARGS for reduced sizes, e.g.
+# `make bench`: its own broker on BENCH_KAFKA_PORT and Schema Registry (part 3's Avro drain) on
+# BENCH_REGISTRY_PORT, each stopped after unless it was running, both at nice BENCH_NICE like the
+# load generator, below the worker under test; BENCH_ARGS for reduced sizes, e.g.
 # BENCH_ARGS="--drain-events 100000 --state-keys 100000 --latency-seconds 20"
 BENCH_KAFKA_PORT ?= 9192
+BENCH_REGISTRY_PORT ?= 8182
 BENCH_NICE ?= 10
-bench: venv ## kernel, drain, latency, state and scaling on a local broker (python -m bench) into BENCHMARKS.md (~15 min)
+bench: venv ## kernel, drain (msgpack, JSON, Avro), latency, state and scaling on a local broker (python -m bench) into BENCHMARKS.md (~15 min)
 	@deploy/kafka/fetch.sh >/dev/null
-	@port=$(BENCH_KAFKA_PORT); pid=".cache/kafka-$$port/pid"; started=yes; \
-	if [[ -f $$pid ]] && kill -0 "$$(cat $$pid)" 2>/dev/null; then started=no; fi; \
-	bootstrap="$$(KAFKA_PORT=$$port KAFKA_NICE=$(BENCH_NICE) deploy/kafka/start.sh)" || exit 1; \
-	echo "== broker: $$bootstrap"; \
+	@deploy/registry/fetch.sh >/dev/null
+	@kport=$(BENCH_KAFKA_PORT); rport=$(BENCH_REGISTRY_PORT); pid=".cache/kafka-$$kport/pid"; \
+	running() { [[ -f $$1 ]] && kill -0 "$$(cat "$$1")" 2>/dev/null; }; \
+	stop_broker=yes; stop_registry=yes; \
+	if running "$$pid"; then stop_broker=no; fi; \
+	if running ".cache/registry-$$rport/pid"; then stop_registry=no; fi; \
+	stop() { \
+	  if [[ $$stop_broker == yes ]]; then KAFKA_PORT=$$kport deploy/kafka/stop.sh >/dev/null; fi; \
+	  if [[ $$stop_registry == yes ]]; then REGISTRY_PORT=$$rport deploy/registry/stop.sh >/dev/null; fi; }; \
+	trap stop EXIT; \
+	registry="$$(REGISTRY_PORT=$$rport REGISTRY_NICE=$(BENCH_NICE) deploy/registry/start.sh)" || exit 1; \
+	bootstrap="$$(KAFKA_PORT=$$kport KAFKA_NICE=$(BENCH_NICE) deploy/kafka/start.sh)" || exit 1; \
+	echo "== broker: $$bootstrap; schema registry: $$registry"; \
 	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -W ignore -m bench --out BENCHMARKS.md \
-	  --bootstrap-servers "$$bootstrap" --broker-pid "$$(cat $$pid)" --load-nice $(BENCH_NICE) $(BENCH_ARGS); rc=$$?; \
-	if [[ $$started == yes ]]; then KAFKA_PORT=$$port deploy/kafka/stop.sh >/dev/null; fi; \
-	exit $$rc
-
+	  --bootstrap-servers "$$bootstrap" --broker-pid "$$(cat $$pid)" --load-nice $(BENCH_NICE) \
+	  --schema-registry-url "$$registry" $(BENCH_ARGS)
 
 FUZZ_SECONDS ?= 300
 fuzz: venv ## fuzz the wire-format decoders with atheris for FUZZ_SECONDS (300)

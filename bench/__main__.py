@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         "nice BENCH_NICE, 10)",
     )
     p.add_argument("--workdir", default=".cache/bench", help="the reference model and the workers' logs")
+    p.add_argument(
+        "--schema-registry-url",
+        help="Schema Registry (Confluent API) of part 3's Avro drain, e.g. http://127.0.0.1:8182/apis/ccompat/v7 "
+        "(`make bench` starts one); without it that drain is skipped",
+    )
     p.add_argument("--skip-kafka", action="store_true", help="parts 1-2 only (no broker needed)")
     return p
 

@@ -1,6 +1,7 @@
-"""Parts 3 and 6: workers drain a pre-loaded input topic; one worker, then two in one group.
+"""Parts 3 and 6: workers drain a pre-loaded input topic; one worker, then the same events as
+JSON and as Avro and the msgpack topic once more (one worker each), then two in one group.
 
-Each drain has a fresh group and fresh output, state and dead-letter topics, so the second
+Each drain has a fresh group and fresh output, state and dead-letter topics, so a later
 drain of the same input starts from nothing too. The rate is taken from the predictions'
 log-append times (first to last); the round sizes, the loop's time per phase and the CPU
 from the workers' metrics and /proc between each one's readiness and the end.
@@ -12,14 +13,45 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from bench.kafka_io import BenchError, BenchKafka
 from bench.process import Launcher, Reading, wait_caught_up, wait_predicted
 from bench.scrape import machine_ticks
 from bench.stats import events_per_s, phase_deltas
+from worker.config import RegistryConfig
+from worker.formats import PredictionDecoding, event_encoder, prediction_decoder
+from worker.options import Format
 from worker.synthetic import Produced
 
+if TYPE_CHECKING:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
 log = logging.getLogger(__name__)
+# Part 3's drains after its first (msgpack) one, in order: the msgpack topic again last, so that
+# JSON and Avro are each compared with the mean of a msgpack drain before and one after them.
+FORMAT_DRAINS: tuple[Format, ...] = ("json", "avro", "msgpack")
+NO_REGISTRY = "no `--schema-registry-url` was given (`make bench` starts a registry and passes it)"
+
+
+def planned_formats(registry_url: str | None) -> tuple[list[Format], dict[str, str]]:
+    """The format drains of this run in order, and those it skips with why: Avro needs a registry."""
+    skipped: dict[str, str] = {} if registry_url else {"avro": NO_REGISTRY}
+    return [fmt for fmt in FORMAT_DRAINS if fmt not in skipped], skipped
+
+
+@dataclass(frozen=True)
+class Registry:
+    """The Schema Registry of the Avro drain: its URL for the worker, a client for the benchmark's serdes."""
+
+    url: str
+    client: SchemaRegistryClient
+
+    @classmethod
+    def connect(cls, url: str) -> Registry:
+        from worker.formats.registry import connect_registry
+
+        return cls(url, connect_registry(RegistryConfig(url)))
 
 
 @dataclass(frozen=True)
@@ -29,6 +61,18 @@ class DrainInput:
     keys: int
     partitions: int
     produced: Produced
+    format: Format = "msgpack"
+    registry: Registry | None = None  # Avro's
+
+    def worker_args(self) -> list[str]:
+        """The worker's options of this format, outputs in it too (msgpack: the defaults, none)."""
+        if self.format == "msgpack":
+            return []
+        args = ["--input-format", self.format, "--output-format", self.format]
+        return args + (["--schema-registry-url", self.registry.url] if self.registry else [])
+
+    def prediction_decoder(self, output: str) -> PredictionDecoding:
+        return prediction_decoder(self.format, output, self.registry.client if self.registry else None)
 
 
 @dataclass(frozen=True)
@@ -51,6 +95,7 @@ class DrainResult:
     steal_cores: float  # the hypervisor's steal meanwhile, in cores the VM did not get
     busy_s: dict[str, float] = field(default_factory=dict)  # loop seconds per phase, summed
     per_worker: list[int] = field(default_factory=list)  # predictions of each worker
+    format: Format = "msgpack"  # of the input and the output topic
 
     @property
     def duplicates(self) -> int:
@@ -61,25 +106,41 @@ class DrainResult:
         return self.events - self.distinct
 
 
-def preload(bench: BenchKafka, events: int, keys: int, partitions: int) -> DrainInput:
-    topic = bench.create(bench.name("drain"), partitions)
-    produced = bench.preload_events(topic, events, keys, partitions)
-    log.info("pre-loaded events=%d keys=%d topic=%s events_per_s=%.0f", events, keys, topic, produced.per_s)
-    return DrainInput(topic, events, keys, partitions, produced)
+def preload(
+    bench: BenchKafka,
+    events: int,
+    keys: int,
+    partitions: int,
+    fmt: Format = "msgpack",
+    registry: Registry | None = None,
+) -> DrainInput:
+    """The drain's events in `fmt` into a fresh topic: the same events whatever the format."""
+    topic = bench.create(bench.name("drain" if fmt == "msgpack" else f"drain-{fmt}"), partitions)
+    encode = event_encoder(fmt, topic, registry.client if registry else None)
+    produced = bench.preload_events(topic, events, keys, partitions, encode)
+    log.info(
+        "pre-loaded events=%d keys=%d format=%s topic=%s events_per_s=%.0f", events, keys, fmt, topic, produced.per_s
+    )
+    return DrainInput(topic, events, keys, partitions, produced, fmt, registry)
 
 
 def _sum(readings: list[Reading], name: str) -> float:
     return sum(r.value(name) for r in readings)
 
 
-def drain(bench: BenchKafka, launcher: Launcher, data: DrainInput, workers: int = 1) -> DrainResult:
-    """`workers` worker processes in a fresh group drain `data` from the beginning."""
-    tag = f"drain{workers}"
+def drain(
+    bench: BenchKafka, launcher: Launcher, data: DrainInput, workers: int = 1, tag: str | None = None
+) -> DrainResult:
+    """`workers` worker processes in a fresh group drain `data` from the beginning; `tag` names the
+    drain's topics and group (default `drain<workers>`), one per drain of the run."""
+    tag = tag or f"drain{workers}"
     output = bench.create_output(bench.name(f"{tag}-out"), data.partitions)
     state, dlq, group = bench.name(f"{tag}.state"), bench.name(f"{tag}.dlq"), bench.name(tag)
     started = time.monotonic()
     procs = [
-        launcher.start(f"{tag}-{i}", data.topic, output, group, "--state-topic", state, "--dlq-topic", dlq)
+        launcher.start(
+            f"{tag}-{i}", data.topic, output, group, "--state-topic", state, "--dlq-topic", dlq, *data.worker_args()
+        )
         for i in range(workers)
     ]
     ready: dict[int, Reading] = {}
@@ -99,7 +160,7 @@ def drain(bench: BenchKafka, launcher: Launcher, data: DrainInput, workers: int 
     finally:
         launcher.stop(*procs)
     done = max(r.at for r in final)
-    predictions = bench.read_predictions(output, data.partitions, data.events)
+    predictions = bench.read_predictions(output, data.partitions, data.events, decode=data.prediction_decoder(output))
     busy: dict[str, float] = {}
     for i, reading in enumerate(final):
         for phase, seconds in phase_deltas(ready[i].busy, reading.busy).items():
@@ -126,10 +187,12 @@ def drain(bench: BenchKafka, launcher: Launcher, data: DrainInput, workers: int 
         steal_cores=steal_share * (os.cpu_count() or 1),
         busy_s=busy,
         per_worker=[r.predicted for r in final],
+        format=data.format,
     )
     log.info(
-        "drained workers=%d events=%d events_per_s=%.0f round_keys=%.1f cpu_cores=%.2f",
+        "drained workers=%d format=%s events=%d events_per_s=%.0f round_keys=%.1f cpu_cores=%.2f",
         workers,
+        data.format,
         result.distinct,
         result.events_per_s,
         result.round_keys,

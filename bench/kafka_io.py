@@ -20,9 +20,10 @@ import numpy as np
 from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from worker.codec import CodecError, decode_prediction, encode_event
+from worker.codec import CodecError, decode_prediction
 from worker.config import KafkaConfig
 from worker.errors import WorkerError
+from worker.formats import EventEncoding, PredictionDecoding, event_encoder
 from worker.kafka.output import position
 from worker.kafka.topics import create_topic
 from worker.synthetic import Produced, interleaving, key_name
@@ -36,6 +37,14 @@ class BenchError(WorkerError):
 
 def partition_of(key: bytes, partitions: int) -> int:
     return zlib.crc32(key) % partitions
+
+
+def encoded_events(events: int, keys: int, encode: EventEncoding, seed: int = 0) -> tuple[list[int], list[bytes]]:
+    """Key index of each event in send order and its value: the same events (keys, x, order) for the
+    same `seed` whatever format `encode` writes; no ts, so the worker takes the record's."""
+    order = interleaving(events, keys, seed).tolist()
+    x = np.random.default_rng(seed + 1).standard_normal((events, 4)).astype(np.float32)
+    return order, [encode(x[i], None, False, False) for i in range(events)]
 
 
 class FastProducer:
@@ -114,17 +123,18 @@ class BenchKafka:
                 log.warning("could not delete topic=%s: %s", topic, exc)
         log.info("deleted topics=%d", len(mine))
 
-    def preload_events(self, topic: str, events: int, keys: int, partitions: int, seed: int = 0) -> Produced:
-        """`events` events over `keys` keys, pre-encoded (raw float32 x), as fast as the client goes."""
-        order = interleaving(events, keys, seed)
-        values = np.random.default_rng(seed + 1).standard_normal((events, 4)).astype(np.float32)
+    def preload_events(
+        self, topic: str, events: int, keys: int, partitions: int, encode: EventEncoding | None = None, seed: int = 0
+    ) -> Produced:
+        """`events` events over `keys` keys, each value encoded by `encode` (default msgpack, raw float32
+        x) before the clock starts, then sent as fast as the client goes."""
+        order, encoded = encoded_events(events, keys, encode or event_encoder("msgpack", topic), seed)
         names = [key_name(k) for k in range(keys)]
         where = [partition_of(k, partitions) for k in names]
-        encoded = [encode_event(values[i]) for i in range(events)]
         producer = FastProducer(self.kafka)
         started = time.monotonic()
-        for i, k in enumerate(order.tolist()):
-            producer.send(topic, names[k], encoded[i], where[k])
+        for k, value in zip(order, encoded, strict=True):
+            producer.send(topic, names[k], value, where[k])
         producer.flush()
         return Produced(events, time.monotonic() - started)
 
@@ -140,9 +150,17 @@ class BenchKafka:
         producer.flush()
         return count
 
-    def read_predictions(self, topic: str, partitions: int, expected: int, timeout: float = 120.0) -> Predictions:
-        """Every prediction of the topic, until `expected` distinct events have one and every
-        partition is read to its end (or `timeout` seconds pass: what was read is returned)."""
+    def read_predictions(
+        self,
+        topic: str,
+        partitions: int,
+        expected: int,
+        timeout: float = 120.0,
+        decode: PredictionDecoding = decode_prediction,
+    ) -> Predictions:
+        """Every prediction of the topic (values read by `decode`, msgpack unless told), until `expected`
+        distinct events have one and every partition is read to its end (or `timeout` seconds pass:
+        what was read is returned)."""
         consumer = Consumer(self.kafka.consumer(f"bench-{self.run}-reader", **{"enable.partition.eof": True}))
         consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
         log_ms: list[int] = []
@@ -167,7 +185,7 @@ class BenchKafka:
                     if kind != TIMESTAMP_LOG_APPEND_TIME:
                         raise BenchError(f"{topic} must have message.timestamp.type=LogAppendTime")
                     try:
-                        prediction = decode_prediction(msg.value())
+                        prediction = decode(msg.value())
                     except CodecError as exc:
                         raise BenchError(f"unreadable prediction in {topic}: {exc}") from exc
                     log_ms.append(appended)

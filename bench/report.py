@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 from bench.drain import DrainResult
 from bench.latency import LOW_LOAD_SHARE, PRODUCER_LINGER_MS, LatencyResult
-from bench.results import BenchResults, targets
+from bench.results import BenchResults, msgpack_rate, targets
 from bench.stats import shares
 from bench.targets import LATENCY_LOAD_SHARE
 
@@ -88,6 +88,7 @@ def drain_section(r: BenchResults) -> list[str]:
         *_broker_warmup_lines(r.broker_warmup),
     ]
     lines += table(["measure", "value"], [*_drain_rows(d), *_yardstick_rows(r), _ratio_row(d, kernel)], (1,))
+    lines += _format_lines(r)
     lines += ["", "Share of the worker loop's time per phase:", ""]
     lines += _phase_table({"one worker": d.busy_s} | ({"two workers": r.scaling.busy_s} if r.scaling else {}))
     lines += _plot(r, "phases", "share of the loop's time per phase")
@@ -105,6 +106,41 @@ def _drain_rows(d: DrainResult) -> list[tuple[str, str]]:
         ("whole machine CPU meanwhile (cores: broker, benchmark, others)", f"{d.machine_cores:.2f}"),
         ("the hypervisor's steal meanwhile (cores the VM did not get)", f"{d.steal_cores:.2f}"),
     ]
+
+
+def _format_lines(r: BenchResults) -> list[str]:
+    """The same events drained in each value format, each against the msgpack drains around it."""
+    if not r.formats and not r.formats_skipped:
+        return []
+    runs = r.format_runs
+    msgpack, baseline = sum(d.format == "msgpack" for d in runs), msgpack_rate(runs)
+    lines = [
+        "",
+        "Then the same events (keys, values, order, partitions) pre-loaded again as JSON and as Avro",
+        "(Schema Registry framing, confluent's `AvroSerializer`), each value encoded before the producer's",
+        "clock starts, and each topic drained by a fresh worker with `--input-format` and `--output-format`",
+        "of its format, the predictions read back in it; then the msgpack topic drained once more. The",
+        f"drains in the order they ran, each against the mean of the run's {msgpack} msgpack drain(s):",
+        "",
+    ]
+    rows = [
+        (
+            _format_name(d.format, again=d.format in {e.format for e in runs[:i]}),
+            f"{d.events_per_s:,.0f}",
+            f"{d.events_per_s / baseline:.2f}x" if baseline == baseline else "-",
+            f"{d.round_keys:.1f}",
+            f"{d.distinct:,} / {d.events:,}",
+        )
+        for i, d in enumerate(runs)
+    ]
+    heads = ["format", "events/s", "ratio to the msgpack drains' mean", "mean keys per round", "events predicted"]
+    lines += table(heads, rows, (1, 2, 3, 4))
+    skipped = [f"The {_format_name(f)} drain did not run: {why}." for f, why in r.formats_skipped.items()]
+    return lines + (["", *skipped] if skipped else [])
+
+
+def _format_name(fmt: str, again: bool = False) -> str:
+    return {"json": "JSON", "avro": "Avro"}.get(fmt, fmt) + (" (again)" if again else "")
 
 
 def _broker_warmup_lines(w: LatencyResult | None) -> list[str]:
@@ -274,7 +310,8 @@ def targets_section(r: BenchResults) -> list[str]:
         "The targets are bench/targets.py's; every verdict is of figures of this run alone (never",
         "asserted in tests). The drain's ratios to the kernel and to the per-event step use those two",
         "timed again right after the drain (section 3), when it was: this machine's speed moves from",
-        "minute to minute.",
+        "minute to minute. The JSON and Avro drains are held to the mean of the msgpack drains run",
+        "before and after them (section 3).",
         "",
         *table(["target", "measured", "verdict"], rows, (1,)),
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import TYPE_CHECKING
@@ -64,6 +65,13 @@ class BenchResults:
     near_drain: NearDrain | None = None  # the drain's yardsticks timed again right after it
     broker_warmup: LatencyResult | None = None  # live load before part 3, not counted
     scheduling: Scheduling | None = None  # parts 3-6 only
+    formats: list[DrainResult] = field(default_factory=list)  # part 3's drains after `drain`, in run order
+    formats_skipped: dict[str, str] = field(default_factory=dict)  # format -> why its drain did not run
+
+    @property
+    def format_runs(self) -> list[DrainResult]:
+        """Part 3's one-worker drains in the order they ran: the first msgpack one, then the formats'."""
+        return ([self.drain] if self.drain else []) + self.formats
 
     @property
     def kernel_at_drain(self) -> float:
@@ -88,6 +96,22 @@ class BenchResults:
         return self.kernel.baseline("one compiled step")
 
 
+def _mean_rate(runs: Sequence[DrainResult], fmt: str) -> float:
+    rates = [d.events_per_s for d in runs if d.format == fmt]
+    return sum(rates) / len(rates) if rates else float("nan")
+
+
+def msgpack_rate(runs: Sequence[DrainResult]) -> float:
+    """The mean events/s of the run's msgpack drains, before and after the other formats': a
+    machine whose speed drifts over part 3 moves the denominator with it (NaN: none ran)."""
+    return _mean_rate(runs, "msgpack")
+
+
+def format_ratio(runs: Sequence[DrainResult], fmt: str) -> float:
+    """The mean events/s of `fmt`'s drains over that of the msgpack drains of the same run."""
+    return _mean_rate(runs, fmt) / msgpack_rate(runs)
+
+
 def measures(r: BenchResults) -> dict[str, float]:
     """The figures the targets name, each of this run alone (NaN: its part did not run)."""
     nan = float("nan")
@@ -98,6 +122,8 @@ def measures(r: BenchResults) -> dict[str, float]:
         "drain_per_s": drain,
         "drain_vs_classic": drain / r.kernel.baseline("classic").events_per_s,
         "drain_vs_single_step": drain / r.single_step.events_per_s,
+        "json_vs_msgpack": format_ratio(r.format_runs, "json"),
+        "avro_vs_msgpack": format_ratio(r.format_runs, "avro"),
         "latency_p99_ms": lat.quantiles[99.0] if lat else nan,
         "state_vs_raw": s.vs_raw if s else nan,
         "rss_keys_held_gb": (s.idle_rss + s.bytes_per_key * KEYS_HELD) / 1e9 if s else nan,

@@ -1,6 +1,7 @@
 """One benchmark run, in order: kernel and baselines (no Kafka, quiet machine), the broker warmed up
-(not counted), drain by one worker, by two, latency at half and at a quarter of the drain rate,
-state; then the plots and BENCHMARKS.md.
+(not counted), drain by one worker, the same events as JSON, as Avro and as msgpack again, drain by
+two workers, latency at half and at a quarter of the drain rate, state; then the plots and
+BENCHMARKS.md.
 
 Every topic the run makes is deleted at its end; worker logs stay under `<workdir>/logs/<run>/`.
 """
@@ -12,9 +13,10 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from bench.drain import DrainResult, drain, preload
+from bench.drain import DrainInput, DrainResult, Registry, drain, planned_formats, preload
 from bench.kafka_io import BenchError, BenchKafka
 from bench.latency import LOW_LOAD_SHARE, latency
 from bench.process import Launcher
@@ -25,6 +27,7 @@ from bench.state import state
 from bench.targets import LATENCY_LOAD_SHARE, goal
 from worker.config import KafkaConfig
 from worker.errors import ConfigError
+from worker.options import Format
 
 log = logging.getLogger(__name__)
 # Live load on a throwaway topic before part 3, not counted: a fresh broker's JVM compiles Kafka's hot
@@ -48,6 +51,7 @@ class BenchOptions:
     broker_pid: int | None = None  # only read, for the report: `make bench` starts its broker at nice 10
     skip_kafka: bool = False
     workdir: str = ".cache/bench"
+    schema_registry_url: str | None = None  # of part 3's Avro drain, skipped without it
 
     def command(self, bootstrap: str | None) -> str:
         words = [
@@ -70,6 +74,7 @@ class BenchOptions:
                 f"--cold-cache-keys {self.cold_cache_keys}",
                 f"--broker-warmup-seconds {self.broker_warmup_seconds:g}",
                 f"--load-nice {self.load_nice}",
+                *([f"--schema-registry-url {self.schema_registry_url}"] if self.schema_registry_url else []),
             ]
         )
 
@@ -168,6 +173,10 @@ def kafka_parts(results: BenchResults, options: BenchOptions, kafka: KafkaConfig
                 results.drain.round_keys, results.kernel.backend, options.min_seconds, options.events
             )
 
+        def drain_as(fmt: Format) -> None:
+            source = data if fmt == "msgpack" else _preload_as(fmt, data, bench, options.schema_registry_url)
+            results.formats.append(_checked(drain(bench, launcher, source, tag=f"drain-{fmt}")))
+
         def two() -> None:
             results.scaling = _checked(drain(bench, launcher, data, workers=2))
 
@@ -199,6 +208,10 @@ def kafka_parts(results: BenchResults, options: BenchOptions, kafka: KafkaConfig
             )
 
         part("3. drain", one)
+        formats, results.formats_skipped = planned_formats(options.schema_registry_url)
+        for fmt in formats:
+            log.info("bench: part 3, the same events drained as %s", fmt)
+            part("3. msgpack drain again" if fmt == "msgpack" else f"3. {fmt} drain", partial(drain_as, fmt))
         log.info("bench: part 6, two workers on the same topic")
         part("6. scaling", two)
         part("4. latency", load)
@@ -208,9 +221,17 @@ def kafka_parts(results: BenchResults, options: BenchOptions, kafka: KafkaConfig
         bench.delete_all()
 
 
+def _preload_as(fmt: Format, data: DrainInput, bench: BenchKafka, registry_url: str | None) -> DrainInput:
+    """`data`'s events again in `fmt`; Avro's through the registry, connected (and checked) here."""
+    registry = Registry.connect(registry_url) if fmt == "avro" and registry_url else None
+    return preload(bench, data.events, data.keys, data.partitions, fmt, registry)
+
+
 def _checked(result: DrainResult) -> DrainResult:
     if result.missing:
-        log.warning("drain workers=%d: %d events without a prediction", result.workers, result.missing)
+        log.warning(
+            "drain workers=%d format=%s: %d events without a prediction", result.workers, result.format, result.missing
+        )
     return result
 
 

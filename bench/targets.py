@@ -2,7 +2,8 @@
 
 Each names a figure of the run (`bench.results.measures`) and a limit. A figure is a ratio of two
 measurements of the same run (the drain against the kernel at its round size, against the
-source post's approaches) or one measurement of it; no verdict uses a figure of another run.
+source post's approaches; the JSON and Avro drains against the msgpack drains before and after
+them) or one measurement of it; no verdict uses a figure of another run.
 Change a target here: the report's table and the latency plot's line follow.
 """
 
@@ -40,6 +41,8 @@ TARGETS = (
     Goal("drain_per_s", "one worker's drain {limit}", 40_000, unit="events/s"),
     Goal("drain_vs_classic", "drain {limit} the source post's full-history approach", 500, unit="x"),
     Goal("drain_vs_single_step", "drain {limit} the per-event single-step call", 50, unit="x"),
+    Goal("json_vs_msgpack", "JSON drain {limit} the msgpack drain", 0.8, unit="x"),
+    Goal("avro_vs_msgpack", "Avro drain {limit} the msgpack drain", 0.7, unit="x"),
     Goal(
         "latency_p99_ms",
         f"p99 latency {{limit}} at {LATENCY_LOAD_SHARE:.0%} load",

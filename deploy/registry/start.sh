@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start Apicurio Registry (in-memory storage, HTTP on 127.0.0.1 only) in the background.
 # Env: REGISTRY_PORT (8081), REGISTRY_DIR (log, pid; default .cache/registry-$REGISTRY_PORT under
-# the repo), REGISTRY_HEAP (256m). Its Confluent-compatible API is under /apis/ccompat/v7.
+# the repo), REGISTRY_HEAP (256m), REGISTRY_NICE (0: its CPU priority; `make bench` runs it at 10,
+# below the worker under test). Its Confluent-compatible API is under /apis/ccompat/v7.
 # Prints that URL once the registry answers. Storage is in memory: a restart starts empty.
 # Apicurio's own variables (e.g. AUTH_ENABLED, KEYCLOAK_URL) pass through the environment.
 set -euo pipefail
@@ -22,7 +23,7 @@ home="$("$here/fetch.sh")"
 jar="$(ls "$home"/apicurio-registry-app-*-runner.jar)"
 # Quarkus reads its settings from system properties; the management port (health, metrics)
 # is off so that two registries on one machine need only their HTTP port each
-nohup java -Xmx"${REGISTRY_HEAP:-256m}" -XX:+UseSerialGC \
+nohup nice -n "${REGISTRY_NICE:-0}" java -Xmx"${REGISTRY_HEAP:-256m}" -XX:+UseSerialGC \
   -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$port" -Dquarkus.management.enabled=false \
   -Dquarkus.log.console.level=WARN -jar "$jar" >"$dir/registry.log" 2>&1 &
 echo $! >"$dir/pid"

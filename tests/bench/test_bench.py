@@ -7,13 +7,22 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pytest
 from confluent_kafka import Producer
+from confluent_kafka.schema_registry import SchemaRegistryClient
 
+from bench.drain import DrainInput, Registry
+from bench.kafka_io import encoded_events
 from bench.kernel import baselines, flops_per_event, time_near_drain
 from bench.latency import event_encoder, lower_priority
 from bench.scrape import parse_nice
+from worker.cli import build_parser as worker_parser
 from worker.codec import EventDecoder, encode_event
+from worker.formats import event_decoder
+from worker.formats import event_encoder as format_encoder
 from worker.model.reference import make_reference_model
+from worker.options import Format
+from worker.synthetic import Produced
 
 
 def test_flops_per_event_of_the_reference_model():
@@ -43,6 +52,35 @@ def test_load_generator_sends_what_encode_event_gives_and_the_worker_decodes():
     decoded = decoder.decode(values, lambda indexes: np.zeros(len(indexes), np.int64))
     assert decoded.ok.all() and decoded.ts.tolist() == [1_795_000_000_000, 1_795_000_000_001]
     np.testing.assert_array_equal(decoded.x, x)
+
+
+def test_the_drain_events_are_the_same_in_every_format():
+    """msgpack and JSON (no registry in these tests); the Avro encoder is `lstm-worker produce`'s,
+    which tests/integration/test_formats.py checks against a real registry."""
+    decoded = {}
+    for fmt in ("msgpack", "json"):
+        order, values = encoded_events(300, 7, format_encoder(fmt, "bench-drain"), seed=0)
+        events = event_decoder(fmt, 4, 1 << 20).decode(values, lambda ix: np.zeros(len(ix), np.int64))
+        assert events.ok.all() and not events.reset.any() and not events.end.any()
+        decoded[fmt] = order, events.x
+    (order, x), *others = decoded.values()
+    assert sorted(set(order)) == list(range(7)) and x.std() > 0.5
+    for other_order, other_x in others:
+        assert other_order == order
+        np.testing.assert_array_equal(other_x, x)
+    _, again = encoded_events(300, 7, format_encoder("msgpack", "t"), seed=0)
+    assert again == encoded_events(300, 7, lambda x, ts, reset, end: encode_event(x), seed=0)[1]  # as before
+
+
+@pytest.mark.parametrize("fmt", ["msgpack", "json", "avro"])
+def test_each_drain_runs_its_worker_with_its_format_in_and_out(fmt: Format):
+    url = "http://127.0.0.1:8182/apis/ccompat/v7"
+    registry = Registry(url, SchemaRegistryClient({"url": url})) if fmt == "avro" else None  # asks nothing yet
+    data = DrainInput("bench-drain", 10, 2, 1, Produced(10, 1.0), fmt, registry)
+    required = ["run", "--model", "m.keras", "--input-topic", "i", "--output-topic", "o"]
+    args = worker_parser().parse_args([*required, *data.worker_args()])
+    assert (args.input_format, args.output_format or args.input_format) == (fmt, fmt)
+    assert args.schema_registry_url == (url if fmt == "avro" else None)
 
 
 def _thread_nices() -> dict[int, tuple[str, int]]:

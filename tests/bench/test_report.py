@@ -11,11 +11,11 @@ import pytest
 
 from bench import results as results_module
 from bench.__main__ import build_parser
-from bench.drain import DrainResult
+from bench.drain import NO_REGISTRY, DrainResult, planned_formats
 from bench.kernel import KernelResult, NearDrain, Timing
 from bench.latency import LatencyResult
 from bench.report import render
-from bench.results import BenchResults, Scheduling, measures, targets
+from bench.results import BenchResults, Scheduling, format_ratio, measures, msgpack_rate, targets
 from bench.run import BenchOptions, draw_plots
 from bench.state import StateResult
 from bench.targets import TARGETS, goal, shown_limit
@@ -26,7 +26,7 @@ SWEEP = [("tf", 16, 0.001), ("tf", 64, 0.002), ("tf", 256, 0.004), ("xla", 16, 0
 BUSY = {"poll": 2.0, "decode": 1.0, "state": 0.5, "step": 6.0, "produce": 0.4, "commit": 0.1, "restore": 0.0}
 
 
-def drain_result(workers: int, rate: float) -> DrainResult:
+def drain_result(workers: int, rate: float, fmt: str = "msgpack") -> DrainResult:
     return DrainResult(
         workers=workers,
         events=1000,
@@ -46,6 +46,7 @@ def drain_result(workers: int, rate: float) -> DrainResult:
         steal_cores=0.2,
         busy_s=dict(BUSY),
         per_worker=[1000 // workers] * workers,
+        format=fmt,  # type: ignore[arg-type]
     )
 
 
@@ -86,6 +87,8 @@ def full() -> BenchResults:
     return results(
         drain_input=Produced(1000, 0.01),
         drain=drain_result(1, 20_000.0),
+        # msgpack's drains before and after the others: 22,000 events/s on average
+        formats=[drain_result(1, 17_000.0, "json"), drain_result(1, 16_000.0, "avro"), drain_result(1, 24_000.0)],
         scaling=drain_result(2, 30_000.0),
         latency=latency,
         latency_low=LatencyResult(4000.0, 5.0, 20_000, 20_000, 20_000, np.arange(1.0, 101.0) / 2),
@@ -126,13 +129,18 @@ def test_targets_met_and_missed_in_the_same_run():
     assert not by_what["p99 latency <= 50 ms at 50% load"].met
     assert by_what["resident state <= 1.3x its raw bytes per key"].measured == 1.25
     assert by_what["state restore >= 100,000 records/s"].measured == 50_000
-    assert len(by_what) == 8
+    # against the mean of both msgpack drains, not the first alone (which would give 0.85x and 0.8x)
+    json, avro = by_what["JSON drain >= 0.8x the msgpack drain"], by_what["Avro drain >= 0.7x the msgpack drain"]
+    assert json.measured == pytest.approx(17 / 22) and not json.met
+    assert avro.measured == pytest.approx(16 / 22) and avro.met
+    assert len(by_what) == 10
 
 
 def test_kernel_only_run():
     text = render(results())
     assert "Parts 3-6 (Kafka) were not run" in text
     assert "## 3." not in text and "## Targets" not in text and "## Analysis" not in text
+    assert "| format |" not in text and "did not run" not in text
     assert "| tf | 64 | 2,000 | 32,000 | 18.0 |" in text
 
 
@@ -152,7 +160,7 @@ def test_bench_command_line_defaults_are_the_full_sizes():
     assert (args.drain_events, args.drain_keys, args.partitions) == (1_000_000, 10_000, 12)
     assert (args.latency_seconds, args.state_keys, args.skip_kafka) == (60.0, 1_000_000, False)
     assert args.broker_warmup_seconds == 80.0
-    assert (args.load_nice, args.broker_pid) == (10, None)
+    assert (args.load_nice, args.broker_pid, args.schema_registry_url) == (10, None, None)
     args = build_parser().parse_args(["--skip-kafka", "--drain-events", "20000", "--state-keys", "5000"])
     assert args.skip_kafka and args.drain_events == 20000 and args.state_keys == 5000
 
@@ -164,6 +172,11 @@ def test_options_render_the_command_that_reproduces_them():
     assert "--bootstrap-servers 127.0.0.1:9092 --drain-events 20000 --drain-keys 10000 --partitions 4" in command
     assert "--latency-seconds 5 --state-keys 1000000" in command
     assert command.endswith("--cold-cache-keys 10000 --broker-warmup-seconds 80 --load-nice 10")
+    url = "http://127.0.0.1:8182/apis/ccompat/v7"
+    assert (
+        BenchOptions(schema_registry_url=url).command("b:9092").endswith(f"--load-nice 10 --schema-registry-url {url}")
+    )
+    assert "--schema-registry-url" not in BenchOptions(schema_registry_url=url).command(None)
     assert "--broker-warmup-seconds 0 " in BenchOptions(broker_warmup_seconds=0).command("b:9092")
     assert BenchOptions(load_nice=0, broker_pid=4242).command("b:9092").endswith("--load-nice 0")
 
@@ -245,3 +258,44 @@ def test_the_limits_read_as_their_units():
     assert goal("drain_per_s").label() == "one worker's drain >= 40,000 events/s"
     assert goal("state_vs_raw").label() == "resident state <= 1.3x its raw bytes per key"
     assert shown_limit(3.5, "GB") == "3.5 GB" and shown_limit(0.25, "share") == "25%"
+
+
+def test_each_format_drain_is_shown_against_the_mean_of_the_msgpack_drains_in_run_order():
+    text = render(full())
+    assert "The\ndrains in the order they ran, each against the mean of the run's 2 msgpack drain(s):" in text
+    heads = "| format | events/s | ratio to the msgpack drains' mean | mean keys per round | events predicted |"
+    rows = [
+        "| msgpack | 20,000 | 0.91x | 64.0 | 1,000 / 1,000 |",
+        "| JSON | 17,000 | 0.77x | 64.0 | 1,000 / 1,000 |",
+        "| Avro | 16,000 | 0.73x | 64.0 | 1,000 / 1,000 |",
+        "| msgpack (again) | 24,000 | 1.09x | 64.0 | 1,000 / 1,000 |",
+    ]
+    assert "\n".join([heads, "|---|---:|---:|---:|---:|", *rows]) in text
+    assert text.index(rows[-1]) < text.index("Share of the worker loop's time per phase")
+    assert "| JSON drain >= 0.8x the msgpack drain | 0.773x | **missed** by 3.4%" in text
+    assert "| Avro drain >= 0.7x the msgpack drain | 0.727x | met (1.039x the target) |" in text
+
+
+def test_the_format_ratios_divide_by_the_mean_of_the_msgpack_drains():
+    first, json, again = drain_result(1, 20_000.0), drain_result(1, 18_000.0, "json"), drain_result(1, 25_000.0)
+    assert msgpack_rate([first, json, again]) == 22_500
+    assert format_ratio([first, json, again], "json") == 0.8
+    assert format_ratio([first, json], "json") == 0.9  # one msgpack drain: that one
+    assert format_ratio([first, json, again], "avro") != format_ratio([first], "avro")  # NaN: not drained
+    assert format_ratio([json], "json") != format_ratio([json], "json")  # NaN: no msgpack drain to divide by
+
+
+def test_without_a_registry_the_avro_drain_is_skipped_and_the_report_says_why():
+    assert planned_formats("http://127.0.0.1:8182/apis/ccompat/v7") == (["json", "avro", "msgpack"], {})
+    formats, skipped = planned_formats(None)
+    assert formats == ["json", "msgpack"] and skipped == {"avro": NO_REGISTRY}
+    r = full()
+    r.formats = [d for d in r.formats if d.format in formats]
+    r.formats_skipped = skipped
+    text = render(r)
+    assert f"The Avro drain did not run: {NO_REGISTRY}." in text
+    assert "| Avro |" not in text and "| JSON | 17,000 | 0.77x |" in text
+    assert "## Parts that failed" not in text  # a skip, not an error
+    by_what = {t.what: t for t in targets(r)}
+    assert by_what["Avro drain >= 0.7x the msgpack drain"].verdict() == "not measured"
+    assert by_what["JSON drain >= 0.8x the msgpack drain"].measured == pytest.approx(17 / 22)
