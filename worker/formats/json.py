@@ -103,11 +103,11 @@ class JsonEventDecoder:
         if events:
             with np.errstate(over="ignore"):  # beyond float32's range: infinite, refused below
                 x[good] = np.array(list(map(_X, events)), dtype=np.float32)
-            stamps = list(map(_TS, events))
-            missing = [i for i, stamp in enumerate(stamps) if stamp is None]
-            for i, stamp in zip(missing, record_ts(good[missing].tolist()) if missing else [], strict=True):
-                stamps[i] = stamp
-            ts[good] = stamps
+            stamps = np.array(list(map(_TS, events)), dtype=object)  # None: no ts, the record's
+            missing = np.flatnonzero(np.equal(stamps, None))
+            if len(missing):
+                stamps[missing] = record_ts(good[missing].tolist())
+            ts[good] = stamps.astype(np.int64)
             reset[good] = list(map(_RESET, events))
             end[good] = list(map(_END, events))
             ok[good] = True
