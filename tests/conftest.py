@@ -8,4 +8,3 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # the tests start inherit them; a variable already set wins.
 for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
     os.environ.setdefault(_name, "1")
-
