@@ -104,7 +104,7 @@ class JsonEventDecoder:
             with np.errstate(over="ignore"):  # beyond float32's range: infinite, refused below
                 x[good] = np.array(list(map(_X, events)), dtype=np.float32)
             stamps = np.array(list(map(_TS, events)), dtype=object)  # None: no ts, the record's
-            missing = np.flatnonzero(np.equal(stamps, None))
+            missing = np.flatnonzero(np.equal(stamps, None))  # type: ignore[call-overload]
             if len(missing):
                 stamps[missing] = record_ts(good[missing].tolist())
             ts[good] = stamps.astype(np.int64)
