@@ -216,14 +216,20 @@ def encode_event(
     x: np.ndarray | list[float], *, ts: int | None = None, reset: bool = False, end: bool = False
 ) -> bytes:
     """Producer side; an ndarray goes as raw float32 bytes (the fast path)."""
-    obj: dict[str, Any] = {"x": np.asarray(x, dtype="<f4").tobytes() if isinstance(x, np.ndarray) else list(x)}
+    x_value = np.asarray(x, dtype="<f4").tobytes() if isinstance(x, np.ndarray) else list(x)
+    return msgpack.packb(event_fields(x_value, ts, reset, end), use_bin_type=True)
+
+
+def event_fields(x: Any, ts: int | None, reset: bool, end: bool) -> dict[str, Any]:
+    """An event's fields as a producer writes them in any format: the optional ones only when set."""
+    fields: dict[str, Any] = {"x": x}
     if ts is not None:
-        obj["ts"] = ts
+        fields["ts"] = ts
     if reset:
-        obj["reset"] = True
+        fields["reset"] = True
     if end:
-        obj["end"] = True
-    return msgpack.packb(obj, use_bin_type=True)
+        fields["end"] = True
+    return fields
 
 
 def _array_header(length: int) -> bytes:

@@ -87,7 +87,7 @@ def full() -> BenchResults:
     return results(
         drain_input=Produced(1000, 0.01),
         drain=drain_result(1, 20_000.0),
-        # msgpack's drains before and after the others: 22,000 events/s on average
+        # the first and the last drain are msgpack's: their mean is the formats' denominator
         formats=[drain_result(1, 17_000.0, "json"), drain_result(1, 16_000.0, "avro"), drain_result(1, 24_000.0)],
         scaling=drain_result(2, 30_000.0),
         latency=latency,

@@ -42,6 +42,13 @@ def _dead_letters_match(kafka, topics, bad: list[tuple[bytes, bytes, str]]) -> N
     assert all(r.headers["error.detail"] for r in dead)
 
 
+def _verify(kafka, model, topics, **formats):
+    """`lstm-worker verify` of the test's topics, in the given formats."""
+    return verify(
+        kafka, model_path=str(model), input_topic=topics.input, output_topic=topics.output, timeout_s=30, **formats
+    )
+
+
 def kcat_lines(rng: np.random.Generator) -> list[str]:
     """Tab-separated key and JSON event, as a shell pipeline would send them: integers in x, some
     events with their own ts, a reset and an end among them."""
@@ -97,14 +104,7 @@ def test_json_events_from_kcat_are_predicted_as_the_full_history(broker, kafka, 
 
     worker = start_worker(model, topics, "--input-format", "json")
     worker.wait_ready()
-    report = verify(
-        kafka,
-        model_path=str(model),
-        input_topic=topics.input,
-        output_topic=topics.output,
-        input_format="json",
-        timeout_s=30,
-    )
+    report = _verify(kafka, model, topics, input_format="json")
     good = len(lines) + 1
     assert report.ok and report.events == good and report.predictions == good, report.summary()
     assert report.invalid_events == len(bad) and report.duplicates == 0
@@ -173,15 +173,7 @@ def test_avro_events_of_any_resolving_writer_schema_are_predicted_as_the_full_hi
 
     worker = start_worker(model, topics, "--input-format", "avro", "--schema-registry-url", registry_url)
     worker.wait_ready()
-    report = verify(
-        kafka,
-        model_path=str(model),
-        input_topic=topics.input,
-        output_topic=topics.output,
-        input_format="avro",
-        registry=client,
-        timeout_s=30,
-    )
+    report = _verify(kafka, model, topics, input_format="avro", registry=client)
     assert report.ok and report.events == len(good) and report.predictions == len(good), report.summary()
     assert report.invalid_events == len(bad) and report.duplicates == 0
     _dead_letters_match(kafka, topics, bad)

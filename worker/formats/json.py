@@ -16,7 +16,7 @@ from typing import Annotated
 import msgspec
 import numpy as np
 
-from worker.codec import TS_MAX, DecodedEvents, Prediction, value_sizes
+from worker.codec import TS_MAX, DecodedEvents, Prediction, event_fields, value_sizes
 from worker.errors import CodecError
 from worker.formats import RecordTimestamps
 
@@ -162,11 +162,4 @@ def decode_json_prediction(value: bytes | None) -> Prediction:
 
 
 def encode_json_event(x: np.ndarray | list[float], ts: int | None, reset: bool, end: bool) -> bytes:
-    event: dict[str, object] = {"x": np.asarray(x, dtype=np.float32).tolist()}
-    if ts is not None:
-        event["ts"] = ts
-    if reset:
-        event["reset"] = True
-    if end:
-        event["end"] = True
-    return msgspec.json.encode(event)
+    return msgspec.json.encode(event_fields(np.asarray(x, dtype=np.float32).tolist(), ts, reset, end))
