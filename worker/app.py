@@ -46,6 +46,7 @@ _RESTORE_SLICE = 20_000
 _NO_KEY = ("no_key", "a record without a key cannot have state")
 _GAUGES_EVERY_S = 2.0  # consumer lag and cache gauges between commit points (cached watermarks: no request)
 _CLOSE_LIMIT_S = 60.0  # a client's close (a consumer's includes leaving the group)
+_IDLE_WAIT_S = 0.2  # an idle poll's wait for its first record: how often an idle loop sees to commit points and stop
 
 
 class Worker:
@@ -99,7 +100,7 @@ class Worker:
         self.consumer = group_consumer(config, self.commits.on_commit)
         self.commits.consumer = self.consumer
         self.decoder = event_decoder(config.input_format, model.features, config.max_event_bytes, registry)
-        self.batcher = Batcher(config.round_keys, config.max_steps, config.max_delay_ms)
+        self.batcher = Batcher(config.round_keys, config.max_steps)
         self._assigned: set[int] = set()
         self._restoring: set[int] = set()
         self._next_offset: dict[int, int] = {}
@@ -145,19 +146,18 @@ class Worker:
         gc.collect()
         gc.freeze()
         try:
-            clock, batcher, caught_up = self.clock, self.batcher, True
+            clock, batcher = self.clock, self.batcher
             while not self._stopping:
                 # one round per poll: a round's leftovers then share the next round with the
                 # keys the poll brings; no polling while a round's worth of work is pending
-                msgs = [] if batcher.backlogged() else self._poll(round_due=caught_up and len(batcher) > 0)
+                msgs = [] if batcher.backlogged() else self._poll()
                 clock.lap("poll")
                 if self._restoring:
                     self._advance_restore()
                     clock.lap("restore")
                 self._accept(msgs)
                 clock.lap("decode")
-                caught_up = len(msgs) < cfg.poll_batch
-                if batcher.ready(time.monotonic(), caught_up):
+                if batcher.ready(caught_up=len(msgs) < cfg.poll_batch):
                     self._run_round()
                 self.commits.producer.poll()
                 self.commits.between_rounds()
@@ -186,19 +186,14 @@ class Worker:
                 self._restore_reader.close()
             log.info("worker stopped")
 
-    def _poll(self, round_due: bool) -> list[Message]:
-        """What is fetched already; else wait for the first record only (a batch wait adds latency)."""
+    def _poll(self) -> list[Message]:
+        """What is fetched already; with nothing fetched and nothing else to do, wait for the first
+        record only: a round never waits for more events (docs/performance.md, "Latency at light load")."""
         batch = self.config.poll_batch
         msgs = self.consumer.consume(num_messages=batch, timeout=0)
-        if msgs:
+        if msgs or self._restoring or len(self.batcher):  # a restore slice or a round is waiting
             return msgs
-        if self._restoring or round_due:  # a restore slice or a round is waiting
-            timeout = 0.0
-        elif len(self.batcher):
-            timeout = max(0.0, self.batcher.max_delay_s - self.batcher.oldest_wait(time.monotonic()))
-        else:
-            timeout = 0.2
-        msgs = self.consumer.consume(num_messages=1, timeout=timeout)
+        msgs = self.consumer.consume(num_messages=1, timeout=_IDLE_WAIT_S)
         if msgs:
             msgs.extend(self.consumer.consume(num_messages=batch - 1, timeout=0))
         return msgs
@@ -299,7 +294,7 @@ class Worker:
         )
         if bad:
             events = events.select(np.flatnonzero(decoded.ok & np.array([key is not None for key in keys])))
-        self.batcher.add(events, time.monotonic())
+        self.batcher.add(events)
 
     def _live(self, msgs: list[Message]) -> list[Message]:
         """The records to process: errors raised or logged, records of partitions not assigned

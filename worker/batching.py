@@ -11,7 +11,6 @@ no object per event (docs/performance.md, "Events as columns").
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,7 +101,7 @@ def round_steps(pending: np.ndarray | list[int], max_steps: int) -> int:
     return int(candidates[np.argmax(events / cost)])
 
 
-Columns = dict[str, np.ndarray]  # a batcher's pending events: each key as its code, and when added
+Columns = dict[str, np.ndarray]  # a batcher's pending events, each key as its code
 
 
 class Batcher:
@@ -114,10 +113,9 @@ class Batcher:
     takes (16,384 events wait under a backlog, a round takes ~2,000).
     """
 
-    def __init__(self, max_keys: int, max_steps: int, max_delay_ms: int) -> None:
+    def __init__(self, max_keys: int, max_steps: int) -> None:
         self.max_keys = max_keys
         self.max_steps = max_steps
-        self.max_delay_s = max_delay_ms / 1000.0
         self._code: dict[EntityId, int] = {}
         self._keys: list[EntityId] = []  # code -> key
         self._count = np.zeros(0, dtype=np.int64)  # code -> its pending events
@@ -128,7 +126,7 @@ class Batcher:
     def __len__(self) -> int:
         return self.pending_events
 
-    def add(self, events: Events, now: float | None = None) -> None:
+    def add(self, events: Events) -> None:
         if not len(events):
             return
         # a new key's code is its event's place in the codes given out so far, so that codes
@@ -141,8 +139,7 @@ class Batcher:
             self._count = np.concatenate([self._count, np.zeros(len(self._keys), dtype=np.int64)])
         np.add.at(self._count, codes, 1)
         self._distinct = -1  # counted when asked
-        arrived = np.full(len(events), time.monotonic() if now is None else now)
-        self._parts.append({"code": codes, "arrived": arrived, **{name: getattr(events, name) for name in _ARRAYS}})
+        self._parts.append({"code": codes, **{name: getattr(events, name) for name in _ARRAYS}})
         self.pending_events += len(events)
 
     def _pending(self) -> Columns:
@@ -175,33 +172,20 @@ class Batcher:
         code = self._code.get(eid)
         return code is not None and bool(self._count[code])
 
-    def oldest_wait(self, now: float) -> float:
-        """Seconds the oldest pending key has waited (0 when nothing is pending)."""
-        if not self._parts:
-            return 0.0
-        return now - float(self._parts[0]["arrived"][0])
-
     def backlogged(self) -> bool:
         """A full round of full slices is pending: run rounds before taking in more."""
         return self.pending_events >= self.max_keys * self.max_steps
 
-    def ready(self, now: float, caught_up: bool) -> bool:
-        """A round runs when full, when its oldest event waited max_delay, or when caught up."""
+    def ready(self, caught_up: bool) -> bool:
+        """A round runs as soon as the poll took everything buffered (`caught_up`), or when full:
+        a round grows only by events already waiting, never by waiting for more
+        (docs/performance.md, "Latency at light load")."""
         if not self.pending_events:
             return False
-        return (
-            caught_up
-            or self.distinct_keys() >= self.max_keys
-            or self.backlogged()
-            or self.oldest_wait(now) >= self.max_delay_s
-        )
+        return caught_up or self.distinct_keys() >= self.max_keys or self.backlogged()
 
-    def take(self, now: float | None = None) -> Round:
-        """The next round: the keys waiting longest, each with its next slice of events.
-
-        A key's leftover events count as arrived `now`: only under a backlog do keys have
-        leftovers, and then rounds run full anyway.
-        """
+    def take(self) -> Round:
+        """The next round: the keys waiting longest, each with its next slice of events."""
         pending = self._pending()
         code = pending["code"]
         chosen = self._first_keys(code)
@@ -234,7 +218,6 @@ class Batcher:
         events = Events(list(map(key_of, code[index].tolist())), *(pending[name][index] for name in _ARRAYS))
         round_ = Round(list(map(key_of, chosen.tolist())), lengths, events)
         left = order[~taken]  # behind the keys not served
-        pending["arrived"][left] = time.monotonic() if now is None else now
         self._keep(pending, np.concatenate([np.flatnonzero(ranks < 0), left]))
         return round_
 

@@ -225,7 +225,6 @@ class RunConfig:
     dlq_topic: str
     group_id: str = RUN["group_id"].default
     max_batch_keys: int = RUN["max_batch_keys"].default
-    max_delay_ms: int = RUN["max_delay_ms"].default
     max_steps: int = RUN["max_steps"].default
     cache_keys: int = RUN["cache_keys"].default
     commit_interval_ms: int | None = RUN["commit_interval_ms"].default  # None: COMMIT_INTERVAL_MS of the guarantee

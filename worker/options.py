@@ -182,7 +182,6 @@ RUN_OPTIONS = (
     ),
     Option("--group-id", str, "lstm-worker", "consumer group"),
     Option("--max-batch-keys", int, 1024, "keys per model round", minimum=1, details="capped by --cache-keys"),
-    Option("--max-delay-ms", int, 5, "how long the oldest pending event may wait for a fuller round", minimum=0),
     Option("--max-steps", int, 16, "steps per key per round", minimum=1),
     Option(
         "--cache-keys",

@@ -6,7 +6,6 @@ must report the lowest pending offset per partition so commits never skip an eve
 """
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -50,8 +49,8 @@ def offsets(round_):
     return [[e[1] for e in slice_] for slice_ in slices(round_)]
 
 
-def add_all(batcher, items, now=0.0):
-    batcher.add(events(items), now=now)
+def add_all(batcher, items):
+    batcher.add(events(items))
 
 
 def drain(batcher):
@@ -65,7 +64,7 @@ def drain(batcher):
 
 
 def test_take_groups_by_key_in_arrival_order_and_keeps_per_key_order():
-    batcher = Batcher(max_keys=8, max_steps=8, max_delay_ms=5)
+    batcher = Batcher(max_keys=8, max_steps=8)
     add_all(batcher, [(A, ev(0, 10)), (C, ev(1, 5)), (A, ev(0, 11)), (B, ev(0, 12)), (A, ev(0, 13)), (C, ev(1, 6))])
     assert len(batcher) == 6
     round_ = batcher.take()
@@ -76,7 +75,7 @@ def test_take_groups_by_key_in_arrival_order_and_keeps_per_key_order():
 
 
 def test_take_respects_max_keys_oldest_keys_first():
-    batcher = Batcher(max_keys=2, max_steps=8, max_delay_ms=5)
+    batcher = Batcher(max_keys=2, max_steps=8)
     keys = [(0, bytes([k])) for k in range(5)]
     add_all(batcher, [(key, ev(0, i)) for i, key in enumerate(keys)])
     rounds = drain(batcher)
@@ -85,7 +84,7 @@ def test_take_respects_max_keys_oldest_keys_first():
 
 
 def test_take_respects_max_steps_and_a_key_with_leftovers_goes_behind_the_others():
-    batcher = Batcher(max_keys=2, max_steps=2, max_delay_ms=5)
+    batcher = Batcher(max_keys=2, max_steps=2)
     add_all(batcher, [(A, ev(0, o)) for o in range(5)] + [(B, ev(0, 10)), (C, ev(1, 20)), (D, ev(1, 30))])
     first = batcher.take()
     assert (first.ids, offsets(first)) == ([A, B], [[0, 1], [10]])
@@ -100,7 +99,7 @@ def test_take_respects_max_steps_and_a_key_with_leftovers_goes_behind_the_others
 
 def test_a_round_lists_its_keys_longest_slice_first():
     """The model step then finds the keys with an event at step t as a prefix of its rows."""
-    batcher = Batcher(max_keys=4, max_steps=4, max_delay_ms=5)
+    batcher = Batcher(max_keys=4, max_steps=4)
     add_all(batcher, [(A, ev(0, 1)), (B, ev(0, 2)), (B, ev(0, 3)), (C, ev(1, 4)), (C, ev(1, 5)), (C, ev(1, 6))])
     round_ = batcher.take()
     assert (round_.ids, offsets(round_)) == ([C, B, A], [[4, 5, 6], [2, 3], [1]])
@@ -110,7 +109,7 @@ def test_a_round_lists_its_keys_longest_slice_first():
 
 
 def test_reset_event_starts_a_new_slice():
-    batcher = Batcher(max_keys=4, max_steps=10, max_delay_ms=5)
+    batcher = Batcher(max_keys=4, max_steps=10)
     add_all(batcher, [(A, ev(0, 0)), (A, ev(0, 1)), (A, ev(0, 2, reset=True)), (A, ev(0, 3))])
     assert offsets(batcher.take()) == [[0, 1]]
     second = batcher.take()
@@ -119,7 +118,7 @@ def test_reset_event_starts_a_new_slice():
 
 
 def test_end_event_closes_its_slice():
-    batcher = Batcher(max_keys=4, max_steps=10, max_delay_ms=5)
+    batcher = Batcher(max_keys=4, max_steps=10)
     add_all(batcher, [(A, ev(0, 0)), (A, ev(0, 1, end=True)), (A, ev(0, 2)), (A, ev(0, 3, end=True))])
     first = batcher.take()
     assert offsets(first) == [[0, 1]]
@@ -128,13 +127,13 @@ def test_end_event_closes_its_slice():
 
 
 def test_reset_and_end_on_the_same_event_make_a_slice_of_one():
-    batcher = Batcher(max_keys=4, max_steps=10, max_delay_ms=5)
+    batcher = Batcher(max_keys=4, max_steps=10)
     add_all(batcher, [(A, ev(0, 0)), (A, ev(0, 1, reset=True, end=True)), (A, ev(0, 2))])
     assert [offsets(r) for r in drain(batcher)] == [[[0]], [[1]], [[2]]]
 
 
 def test_reset_as_first_pending_event_does_not_split():
-    batcher = Batcher(max_keys=4, max_steps=10, max_delay_ms=5)
+    batcher = Batcher(max_keys=4, max_steps=10)
     add_all(batcher, [(A, ev(0, 0, reset=True)), (A, ev(0, 1)), (A, ev(0, 2, end=True))])
     assert offsets(batcher.take()) == [[0, 1, 2]]
 
@@ -157,9 +156,9 @@ def test_rounds_keep_order_limits_and_reset_end_rules(flags_per_key, max_keys, m
     interleaved = [key for key, q in queues.items() for _ in q]
     rnd.shuffle(interleaved)
     cursor = dict.fromkeys(queues, 0)
-    batcher = Batcher(max_keys=max_keys, max_steps=max_steps, max_delay_ms=5)
+    batcher = Batcher(max_keys=max_keys, max_steps=max_steps)
     for key in interleaved:  # one event per add, as some polls bring
-        batcher.add(events([(key, queues[key][cursor[key]])]), now=0.0)
+        batcher.add(events([(key, queues[key][cursor[key]])]))
         cursor[key] += 1
 
     seen = {key: [] for key in queues}
@@ -187,63 +186,62 @@ def test_rounds_keep_order_limits_and_reset_end_rules(flags_per_key, max_keys, m
     assert {key: [e[1] for e in s] for key, s in seen.items()} == {key: [e[1] for e in q] for key, q in queues.items()}
 
 
-# --- ready --------------------------------------------------------------------------------
+# --- ready: when a round runs ------------------------------------------------------------
 
 
 def test_ready_is_false_when_empty_even_if_caught_up():
-    batcher = Batcher(max_keys=2, max_steps=4, max_delay_ms=0)
-    assert batcher.ready(now=100.0, caught_up=True) is False
-    assert batcher.oldest_wait(now=100.0) == 0.0
+    batcher = Batcher(max_keys=2, max_steps=4)
+    assert batcher.ready(caught_up=True) is False
 
 
-def test_ready_when_full():
-    batcher = Batcher(max_keys=2, max_steps=4, max_delay_ms=50)
-    add_all(batcher, [(A, ev(0, 0))], now=10.0)
-    add_all(batcher, [(A, ev(0, 1))], now=10.0)
-    assert batcher.ready(now=10.0, caught_up=False) is False  # many events, but one key
-    add_all(batcher, [(B, ev(0, 2))], now=10.0)
-    assert batcher.ready(now=10.0, caught_up=False) is True
+def test_ready_as_soon_as_the_poll_took_everything_buffered():
+    """One event, the poll caught up: the round runs at once, whatever its size."""
+    batcher = Batcher(max_keys=10, max_steps=4)
+    add_all(batcher, [(A, ev(0, 0))])
+    assert batcher.ready(caught_up=True) is True
 
 
-def test_ready_when_the_oldest_waited_max_delay():
-    batcher = Batcher(max_keys=10, max_steps=4, max_delay_ms=50)
-    add_all(batcher, [(A, ev(0, 0))], now=10.0)
-    add_all(batcher, [(B, ev(0, 1))], now=10.03)
-    assert batcher.oldest_wait(now=10.04) == pytest.approx(0.04)
-    assert batcher.ready(now=10.049, caught_up=False) is False
-    assert batcher.ready(now=10.05, caught_up=False) is True
-    assert batcher.ready(now=11.0, caught_up=False) is True
+def test_not_ready_after_a_full_poll_until_a_poll_catches_up():
+    """A full poll means more is buffered: the round grows by those events, then runs once a
+    poll brings fewer than a full batch (none at all included)."""
+    batcher = Batcher(max_keys=10, max_steps=4)
+    add_all(batcher, [(A, ev(0, 0)), (B, ev(0, 1))])
+    assert batcher.ready(caught_up=False) is False
+    add_all(batcher, [(C, ev(1, 2))])
+    assert batcher.ready(caught_up=True) is True
+    assert batcher.take().ids == [A, B, C]
 
 
-def test_more_events_for_a_waiting_key_do_not_restart_its_clock():
-    batcher = Batcher(max_keys=10, max_steps=4, max_delay_ms=50)
-    add_all(batcher, [(A, ev(0, 0))], now=10.0)
-    add_all(batcher, [(A, ev(0, 1))], now=10.04)
-    assert batcher.oldest_wait(now=10.05) == pytest.approx(0.05)
-    assert batcher.ready(now=10.05, caught_up=False) is True
+def test_ready_when_full_without_catching_up():
+    batcher = Batcher(max_keys=2, max_steps=4)
+    add_all(batcher, [(A, ev(0, 0)), (A, ev(0, 1))])
+    assert batcher.ready(caught_up=False) is False  # many events, but one key
+    add_all(batcher, [(B, ev(0, 2))])
+    assert batcher.ready(caught_up=False) is True
 
 
-def test_ready_when_caught_up_without_waiting():
-    batcher = Batcher(max_keys=10, max_steps=4, max_delay_ms=50)
-    add_all(batcher, [(A, ev(0, 0))], now=10.0)
-    assert batcher.ready(now=10.0, caught_up=False) is False
-    assert batcher.ready(now=10.0, caught_up=True) is True
+def test_ready_when_backlogged_on_few_keys():
+    """A full round of full slices is pending: it runs, though fewer keys than max_keys wait."""
+    batcher = Batcher(max_keys=2, max_steps=2)
+    add_all(batcher, [(A, ev(0, 0)), (A, ev(0, 1)), (A, ev(0, 2))])
+    assert batcher.ready(caught_up=False) is False
+    add_all(batcher, [(A, ev(0, 3))])
+    assert batcher.backlogged() and batcher.ready(caught_up=False) is True
 
 
-def test_clock_restarts_for_a_key_emptied_by_take():
-    batcher = Batcher(max_keys=10, max_steps=4, max_delay_ms=50)
-    add_all(batcher, [(A, ev(0, 0))], now=10.0)
-    batcher.take()
-    add_all(batcher, [(A, ev(0, 1))], now=20.0)
-    assert batcher.oldest_wait(now=20.01) == pytest.approx(0.01)
-    assert batcher.ready(now=20.01, caught_up=False) is False
+def test_leftovers_wait_for_the_next_poll_unless_caught_up():
+    batcher = Batcher(max_keys=10, max_steps=1)
+    add_all(batcher, [(A, ev(0, 0)), (A, ev(0, 1))])
+    assert offsets(batcher.take()) == [[0]]
+    assert batcher.ready(caught_up=False) is False
+    assert batcher.ready(caught_up=True) is True
 
 
 # --- offsets and revocation -----------------------------------------------------------------
 
 
 def test_min_pending_offsets_per_partition():
-    batcher = Batcher(max_keys=1, max_steps=1, max_delay_ms=5)
+    batcher = Batcher(max_keys=1, max_steps=1)
     assert batcher.min_pending_offsets() == {}
     add_all(batcher, [(A, ev(0, 7)), (B, ev(0, 8)), (A, ev(0, 9)), (C, ev(1, 41)), (D, ev(1, 40))])
     assert batcher.min_pending_offsets() == {0: 7, 1: 40}
@@ -259,7 +257,7 @@ def test_min_pending_offsets_per_partition():
 
 
 def test_drop_partition_forgets_only_that_partition():
-    batcher = Batcher(max_keys=10, max_steps=10, max_delay_ms=5)
+    batcher = Batcher(max_keys=10, max_steps=10)
     add_all(batcher, [(A, ev(0, 1)), (C, ev(1, 2)), (A, ev(0, 3)), (B, ev(0, 4)), (D, ev(1, 5))])
     assert batcher.drop_partition(0) == 3
     assert len(batcher) == 2
@@ -270,15 +268,13 @@ def test_drop_partition_forgets_only_that_partition():
     assert batcher.drop_partition(0) == 0
 
 
-def test_drop_partition_also_drops_the_wait_clock():
-    batcher = Batcher(max_keys=10, max_steps=10, max_delay_ms=50)
-    add_all(batcher, [(A, ev(0, 1))], now=0.0)
-    add_all(batcher, [(C, ev(1, 2))], now=10.0)
+def test_nothing_ready_once_every_pending_partition_is_dropped():
+    batcher = Batcher(max_keys=10, max_steps=10)
+    add_all(batcher, [(A, ev(0, 1)), (C, ev(1, 2))])
     batcher.drop_partition(0)
-    assert batcher.oldest_wait(now=10.01) == pytest.approx(0.01)
-    assert batcher.ready(now=10.01, caught_up=False) is False
+    assert batcher.ready(caught_up=True) is True
     batcher.drop_partition(1)
-    assert batcher.ready(now=99.0, caught_up=True) is False
+    assert batcher.ready(caught_up=True) is False
 
 
 # --- Round.pack ---------------------------------------------------------------------------
@@ -336,7 +332,7 @@ def test_round_steps_picks_the_most_events_per_unit_of_model_time():
 
 
 def test_take_cuts_every_key_at_the_round_steps():
-    batcher = Batcher(max_keys=300, max_steps=16, max_delay_ms=5)
+    batcher = Batcher(max_keys=300, max_steps=16)
     add_all(batcher, [((0, b"k%d" % i), ev(0, i)) for i in range(200)] + [(A, ev(0, 1000 + t)) for t in range(16)])
     taken = batcher.take()
     assert set(taken.lengths.tolist()) == {1}
@@ -344,7 +340,7 @@ def test_take_cuts_every_key_at_the_round_steps():
 
 
 def test_pack_of_a_taken_round_matches_its_events():
-    batcher = Batcher(max_keys=4, max_steps=2, max_delay_ms=5)
+    batcher = Batcher(max_keys=4, max_steps=2)
     add_all(batcher, [(A, ev(0, 1)), (B, ev(0, 2)), (A, ev(0, 3)), (A, ev(0, 4))])
     taken = batcher.take()
     packed = taken.pack()
@@ -357,7 +353,7 @@ def test_pack_of_a_taken_round_matches_its_events():
 
 def test_a_backlog_over_many_keys_keeps_order_and_forgets_keys_served():
     """Keys are integer codes while pending; codes of keys served are dropped, not kept forever."""
-    batcher = Batcher(max_keys=3, max_steps=2, max_delay_ms=5)
+    batcher = Batcher(max_keys=3, max_steps=2)
     keys = [(k % 2, b"k%d" % k) for k in range(200)]
     for t in range(3):  # three events per key, interleaved over the keys
         add_all(batcher, [(key, ev(key[0], 1000 * k + t)) for k, key in enumerate(keys)])

@@ -328,7 +328,7 @@ def test_x_settings_win_over_the_workers_tuning():
 
 def test_valid_run_config_and_defaults(model_file):
     config = run_config(model_file)
-    assert (config.max_batch_keys, config.max_steps, config.max_delay_ms, config.cache_keys) == (1024, 16, 5, 100_000)
+    assert (config.max_batch_keys, config.max_steps, config.cache_keys) == (1024, 16, 100_000)
     assert config.round_keys == 1024
     assert config.backend == "auto"
 
@@ -342,7 +342,6 @@ def test_valid_run_config_and_defaults(model_file):
         ("commit_interval_ms", 0, "--commit-interval-ms"),
         ("max_event_bytes", 0, "--max-event-bytes"),
         ("poll_batch", 0, "--poll-batch"),
-        ("max_delay_ms", -1, "--max-delay-ms"),
         ("metrics_port", -1, "--metrics-port"),
         ("metrics_port", 65536, "--metrics-port"),
         ("backend", "jax", "--backend"),
@@ -357,7 +356,6 @@ def test_bad_value_is_config_error_naming_the_flag(model_file, field, value, fla
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("max_delay_ms", 0),
         ("metrics_port", 0),
         ("metrics_port", 65535),
         ("max_batch_keys", 1),
@@ -424,7 +422,7 @@ def test_run_defaults_without_env():
     assert args.command == "run"
     assert (args.model, args.input_topic, args.output_topic) == ("m.keras", "events", "preds")
     assert (args.state_topic, args.dlq_topic) == (None, None)
-    assert (args.max_batch_keys, args.max_steps, args.max_delay_ms, args.cache_keys) == (1024, 16, 5, 100_000)
+    assert (args.max_batch_keys, args.max_steps, args.cache_keys) == (1024, 16, 100_000)
     assert args.bootstrap_servers == "127.0.0.1:9092"
     assert args.kafka_settings == []
 

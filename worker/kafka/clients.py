@@ -16,6 +16,14 @@ from worker.kafka.access import STATE_READER_SUFFIX
 from worker.kafka.output import OutputProducer, StateDelivered
 
 OnCommit = Callable[[KafkaError | None, list[TopicPartition]], None]
+# the group consumer's wait for events when none are there: how long a resumed or sought partition
+# may wait for the fetch in flight to come back, and how often an idle worker asks the broker
+FETCH_WAIT_MAX_MS = 100
+# predictions leave within this of their round, which librdkafka batches into one request per partition;
+# state records (at least once) and transactions, whose latency nobody waits on, keep librdkafka's default
+# (docs/performance.md, "Latency at light load")
+PREDICTION_LINGER_MS = 1
+STATE_LINGER_MS = 5
 
 
 def group_consumer(config: RunConfig, on_commit: OnCommit) -> Consumer:
@@ -33,10 +41,10 @@ def group_consumer(config: RunConfig, on_commit: OnCommit) -> Consumer:
                 # until its session times out: both short (heartbeats run on librdkafka's thread)
                 "heartbeat.interval.ms": 1000,
                 "session.timeout.ms": 10000,
-                # let the broker gather a fetch for a moment rather than answer every first byte
-                # at once (docs/performance.md, "Fetch waits")
-                "fetch.min.bytes": 65536,
-                "fetch.wait.max.ms": 5,
+                # a fetch is answered as soon as any event is there; with none, the broker holds it
+                # this long (docs/performance.md, "Latency at light load")
+                "fetch.min.bytes": 1,
+                "fetch.wait.max.ms": FETCH_WAIT_MAX_MS,
                 **instance,
             },
         )
@@ -66,16 +74,27 @@ def transactional_id(config: RunConfig, fallback: str) -> str:
     return f"{config.group_id}.{config.group_instance_id or fallback}"
 
 
+Settings = dict[str, Any]
+
+
+def output_settings(config: RunConfig, transactional: str | None = None) -> tuple[Settings, Settings | None]:
+    """The output client's settings, and the state records' client's (None: one client for both)."""
+    kafka = config.kafka
+    if transactional is not None:  # outputs become visible at the commit, which sends what lingers
+        return kafka.producer(**{"transactional.id": transactional, "linger.ms": STATE_LINGER_MS}), None
+    # a broker outage is waited out: records never expire in the producer's queue
+    return (
+        kafka.producer(**{"message.timeout.ms": 0, "linger.ms": PREDICTION_LINGER_MS}),
+        kafka.producer(**{"message.timeout.ms": 0, "linger.ms": STATE_LINGER_MS}),
+    )
+
+
 def output_producer(
     config: RunConfig, on_state_delivered: StateDelivered, transactional: str | None = None
 ) -> OutputProducer:
     """Idempotent; with `transactional` (an id) transactional, with a transaction open."""
-    kafka = config.kafka
-    if transactional is not None:
-        settings = kafka.producer(**{"transactional.id": transactional})
-    else:  # a broker outage is waited out: records never expire in the producer's queue
-        settings = kafka.producer(**{"message.timeout.ms": 0})
-    producer = OutputProducer(settings, config.state_topic, on_state_delivered)
+    settings, states = output_settings(config, transactional)
+    producer = OutputProducer(settings, config.state_topic, on_state_delivered, states)
     if transactional is not None:
         producer.init_transactions()
         producer.begin()

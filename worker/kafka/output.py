@@ -79,8 +79,13 @@ class OutputProducer:
     """Idempotent producer; `flush` waits out broker outages and raises latched failures."""
 
     def __init__(
-        self, settings: dict[str, Any], state_topic: str | None = None, on_state_delivered: StateDelivered | None = None
+        self,
+        settings: dict[str, Any],
+        state_topic: str | None = None,
+        on_state_delivered: StateDelivered | None = None,
+        state_settings: dict[str, Any] | None = None,
     ) -> None:
+        """`state_settings`: the state records' client's, when not `settings` (never transactional: one client)."""
         self._state_topic = state_topic
         self._on_state_delivered = on_state_delivered
         self._failure: KafkaDeliveryError | None = None
@@ -89,7 +94,8 @@ class OutputProducer:
         # past transaction.timeout.ms its coordinator aborts the transaction: retrying longer is futile
         self._retry_for_s = float(settings.get("transaction.timeout.ms", _TRANSACTION_TIMEOUT_MS)) / 1000
         # the state index needs every state delivery's offset, whatever -X says
-        self._producer = Producer({**settings, "on_delivery": self._delivered, "delivery.report.only.error": False})
+        reporting = state_settings if state_settings is not None and "transactional.id" not in settings else settings
+        self._producer = Producer({**reporting, "on_delivery": self._delivered, "delivery.report.only.error": False})
         self._quiet = self._producer
         if "transactional.id" not in settings:
             self._quiet = Producer({**settings, "on_delivery": self._delivered, "delivery.report.only.error": True})
