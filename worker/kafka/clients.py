@@ -16,9 +16,9 @@ from worker.kafka.access import STATE_READER_SUFFIX
 from worker.kafka.output import OutputProducer, StateDelivered
 
 OnCommit = Callable[[KafkaError | None, list[TopicPartition]], None]
-# the group consumer's wait for events when none are there: how long a resumed or sought partition
-# may wait for the fetch in flight to come back, and how often an idle worker asks the broker
-FETCH_WAIT_MAX_MS = 100
+# the longest the broker may hold the group consumer's fetch to gather events (docs/performance.md,
+# "Latency at light load"): the fetch's share of every event's latency at light load
+FETCH_WAIT_MAX_MS = 2
 # predictions leave within this of their round, which librdkafka batches into one request per partition;
 # state records (at least once) and transactions, whose latency nobody waits on, keep librdkafka's default
 # (docs/performance.md, "Latency at light load")
@@ -41,9 +41,9 @@ def group_consumer(config: RunConfig, on_commit: OnCommit) -> Consumer:
                 # until its session times out: both short (heartbeats run on librdkafka's thread)
                 "heartbeat.interval.ms": 1000,
                 "session.timeout.ms": 10000,
-                # a fetch is answered as soon as any event is there; with none, the broker holds it
-                # this long (docs/performance.md, "Latency at light load")
-                "fetch.min.bytes": 1,
+                # the broker gathers a fetch for a moment: answered at the first byte, p99 was worse
+                # (more, smaller fetches and rounds; docs/performance.md, "Latency at light load")
+                "fetch.min.bytes": 65536,
                 "fetch.wait.max.ms": FETCH_WAIT_MAX_MS,
                 **instance,
             },
