@@ -22,19 +22,17 @@ from confluent_kafka.admin import AdminClient
 from bench.drain import DrainInput
 from bench.kafka_io import BenchError, BenchKafka
 from bench.peer_step import PeerModel, lstm_kernel
+from bench.process import BehindError
 from bench.scrape import cpu_seconds
 from bench.stats import events_per_s
 from worker.config import KafkaConfig
+from worker.kafka.topics import partition_count
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 # `make peer`'s venv: quixstreams pins a confluent-kafka older than the worker's
 PEER_PYTHON = ".cache/peer-venv/bin/python"
 NO_PEER = "no peer venv at `--peer-python` (`make peer` creates it; `make bench` depends on it)"
-
-
-class BehindError(BenchError):
-    """The served process had not caught up with the events sent by the deadline."""
 
 
 def export_weights(model_path: Path, out: Path) -> Path:
@@ -149,7 +147,9 @@ class PeerLauncher:
         self.admin = AdminClient(kafka.admin())
         self.running: list[PeerProcess] = []
 
-    def start(self, name: str, input_topic: str, output_topic: str, group: str, partitions: int) -> PeerProcess:
+    def start(self, name: str, input_topic: str, output_topic: str, group: str) -> PeerProcess:
+        """As `Launcher.start`: a peer in group `group` from `input_topic` to `output_topic`."""
+        partitions = partition_count(self.admin, input_topic) or 0
         args = [
             self.python,
             "-m",
@@ -203,7 +203,7 @@ class PeerDrainResult:
 def peer_drain(bench: BenchKafka, launcher: PeerLauncher, data: DrainInput) -> PeerDrainResult:
     """A fresh peer, group and output topic drain `data` (msgpack) from the beginning."""
     output = bench.create_output(bench.name("peer-drain-out"), data.partitions)
-    peer = launcher.start("peer-drain", data.topic, output, bench.name("peer-drain"), data.partitions)
+    peer = launcher.start("peer-drain", data.topic, output, bench.name("peer-drain"))
     try:
         peer.wait_served(data.events)
         cpu = peer.cpu_s() / max(time.monotonic() - peer.started, 1e-9)

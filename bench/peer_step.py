@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -43,7 +44,7 @@ class PeerModel:
             )
 
     def save(self, path: str | Path) -> None:
-        arrays = {f"k{i}": k for i, k in enumerate(self.kernels)}
+        arrays: dict[str, Any] = {f"k{i}": k for i, k in enumerate(self.kernels)}
         arrays |= {"dense_kernel": self.dense_kernel, "dense_bias": self.dense_bias}
         np.savez(path, **arrays, fingerprint=np.array(self.fingerprint))
 
@@ -61,7 +62,8 @@ class PeerModel:
 
     def step(self, x: Array, state: Array) -> tuple[Array, Array]:
         """One event of one key: (the model's output [out], the new state [state_size])."""
-        inputs, new, offset = x, [], 0
+        new: list[Array] = []
+        inputs, offset = x, 0
         with np.errstate(over="ignore"):  # exp's overflow to inf gives the activations' limits exactly
             for kernel, n in zip(self.kernels, self.units, strict=True):
                 h, c = state[offset : offset + n], state[offset + n : offset + 2 * n]

@@ -50,6 +50,10 @@ class Reading:
         return by_label(self.samples, "lstm_worker_busy_seconds_total", "phase")
 
 
+class BehindError(BenchError):
+    """The process under test had not served the events sent by its deadline."""
+
+
 class WorkerProcess:
     def __init__(self, args: list[str], log_path: Path, metrics_port: int, name: str) -> None:
         self.name = name
@@ -94,6 +98,10 @@ class WorkerProcess:
         if status != 200:
             raise BenchError(f"worker {self.name}: /metrics answered {status}")
         return Reading(time.monotonic(), parse_metrics(text), cpu_seconds(self.pid), rss_bytes(self.pid))
+
+    def wait_served(self, total: int, stall_s: float = 90.0, deadline_s: float | None = None) -> None:
+        """Until it predicted `total` events (`wait_predicted`); BehindError `deadline_s` from now."""
+        wait_predicted([self], total, stall_s, deadline_s=deadline_s)
 
     def log_tail(self) -> str:
         self._log.flush()
@@ -166,16 +174,22 @@ class Launcher:
         self.stop(*self.running)
 
 
-def wait_predicted(workers: list[WorkerProcess], total: int, stall_s: float = 90.0, hz: float = 1.0) -> list[Reading]:
+def wait_predicted(
+    workers: list[WorkerProcess], total: int, stall_s: float = 90.0, hz: float = 1.0, deadline_s: float | None = None
+) -> list[Reading]:
     """Poll the workers' metrics (at `hz`) until together they predicted `total` events; fails
-    when their count has not grown for `stall_s` seconds. Returns each one's last reading.
+    when their count has not grown for `stall_s` seconds, or with BehindError when `deadline_s`
+    seconds have passed. Returns each one's last reading.
     Once a second: rendering the metrics holds the worker's GIL, so faster scrapes slow the drain."""
     best, last_growth = -1, time.monotonic()
+    deadline = None if deadline_s is None else last_growth + deadline_s
     while True:
         readings = [w.read() for w in workers]
         done = sum(r.predicted for r in readings)
         if done >= total:
             return readings
+        if deadline is not None and time.monotonic() > deadline:
+            raise BehindError(f"{done}/{total} predictions by the deadline")
         if done > best:
             best, last_growth = done, time.monotonic()
         elif time.monotonic() - last_growth > stall_s:
