@@ -85,7 +85,7 @@ demo: venv ## broker, model, two workers, 50k events with a live progress line, 
 BENCH_KAFKA_PORT ?= 9192
 BENCH_REGISTRY_PORT ?= 8182
 BENCH_NICE ?= 10
-bench: venv peer ## kernel, drain (msgpack, JSON, Avro), latency, state and scaling on a local broker (python -m bench) into BENCHMARKS.md (~15 min)
+bench: venv peer ## kernel, drain (msgpack, JSON, Avro, the Quix Streams peer), latency (and the peer's), state and scaling on a local broker (python -m bench) into BENCHMARKS.md (~20 min)
 	@deploy/kafka/fetch.sh >/dev/null
 	@deploy/registry/fetch.sh >/dev/null
 	@kport=$(BENCH_KAFKA_PORT); rport=$(BENCH_REGISTRY_PORT); pid=".cache/kafka-$$kport/pid"; \
