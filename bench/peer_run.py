@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient
 from bench.drain import DrainInput
 from bench.kafka_io import BenchError, BenchKafka
 from bench.peer_step import PeerModel, lstm_kernel
-from bench.process import BehindError
+from bench.process import BehindError, terminate
 from bench.scrape import cpu_seconds
 from bench.stats import events_per_s
 from worker.config import KafkaConfig
@@ -128,14 +128,7 @@ class PeerProcess:
 
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM: Quix finishes the message, commits and leaves the group."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            log.warning("the peer ignored SIGTERM for %.0f s: killed", timeout)
+        terminate(self.proc, timeout, "the peer")
         self._log.close()
 
 

@@ -109,17 +109,22 @@ class WorkerProcess:
 
     def stop(self, timeout: float = 90.0) -> int:
         """SIGTERM, as in production: the worker finishes its round, commits and leaves."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            code = -9
-            log.warning("worker %s ignored SIGTERM for %.0f s: killed", self.name, timeout)
+        code = terminate(self.proc, timeout, f"worker {self.name}")
         self._log.close()
         return code
+
+
+def terminate(proc: subprocess.Popen, timeout: float, name: str) -> int:
+    """SIGTERM, then SIGKILL after `timeout` seconds; the exit code (-9: killed)."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        log.warning("%s ignored SIGTERM for %.0f s: killed", name, timeout)
+        return -9
 
 
 class Launcher:

@@ -152,7 +152,9 @@ def _peer_lines(r: BenchResults) -> list[str]:
         "Then the msgpack topic drained by the Quix Streams peer (bench/peer.py, its own venv: `make peer`),",
         "a fresh application in a fresh group: one message at a time, each key's state in its RocksDB",
         "state store, one NumPy step per message, the worker's prediction format; its settings in",
-        "bench/peer.py. Events/s the same way, from its predictions' log-append times:",
+        "bench/peer.py. Events/s the same way, from its predictions' log-append times, and its predictions",
+        "counted as the worker's are (one per event, by `src`); their values are checked against the",
+        "full history by tests/integration/test_peer_e2e.py:",
         "",
     ]
     rows = [
