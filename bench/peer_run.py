@@ -136,7 +136,9 @@ class PeerLauncher:
     """Starts peers of the reference model's weights against the benchmark's cluster."""
 
     def __init__(self, kafka: KafkaConfig, python: str, weights: Path, workdir: Path) -> None:
-        self.kafka, self.python, self.weights, self.workdir = kafka, python, weights, workdir
+        # absolute: the peer runs in the repository, for `-m bench.peer`, wherever the benchmark does
+        self.python, self.weights, self.workdir = str(Path(python).absolute()), weights.absolute(), workdir.absolute()
+        self.kafka = kafka
         self.admin = AdminClient(kafka.admin())
         self.running: list[PeerProcess] = []
 
