@@ -8,7 +8,7 @@ export KAFKA_PORT
 # apt-get needs root: CI runs as root, a developer's machine may need sudo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help venv tools broker broker-stop cluster cluster-stop registry registry-stop lint test unit integration demo bench fuzz rules clean
+.PHONY: help venv peer tools broker broker-stop cluster cluster-stop registry registry-stop lint test unit integration demo bench fuzz rules clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -20,6 +20,17 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 venv: $(VENV)/.installed ## create .venv with the worker, its dev tools and the demo's plotting
+
+# The benchmark's Quix Streams peer (bench/peer.py) in a venv of its own: quixstreams pins a
+# confluent-kafka older than the worker's. From PyPI only: bench/peer-requirements.txt.
+PEER_VENV := .cache/peer-venv
+$(PEER_VENV)/.installed: bench/peer-requirements.txt
+	@test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install -q --upgrade pip
+	$(PEER_VENV)/bin/pip install -q -r bench/peer-requirements.txt
+	@touch $@
+
+peer: $(PEER_VENV)/.installed ## create .cache/peer-venv with Quix Streams for the benchmark's peer
 
 tools: ## install what the tests run besides Python: promtool and prometheus, nft for the network faults, kcat (Debian's)
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v nft >/dev/null && command -v kcat >/dev/null || { \
@@ -55,10 +66,10 @@ lint: venv ## ruff (lint + format check) and mypy
 unit: venv tools ## unit tests only (no broker; includes the deployment checks and the benchmark's)
 	$(BIN)/pytest tests/unit tests/deploy tests/bench -q
 
-integration: venv tools ## integration tests (start their own broker unless KAFKA_BOOTSTRAP_SERVERS is set)
+integration: venv peer tools ## integration tests (start their own broker unless KAFKA_BOOTSTRAP_SERVERS is set)
 	$(BIN)/pytest tests/integration -q
 
-test: venv tools lint ## everything CI runs: lint, unit and integration tests against a real broker
+test: venv peer tools lint ## everything CI runs: lint, unit and integration tests against a real broker
 	deploy/kafka/fetch.sh >/dev/null
 	deploy/toxiproxy/fetch.sh >/dev/null
 	deploy/registry/fetch.sh >/dev/null
@@ -74,7 +85,7 @@ demo: venv ## broker, model, two workers, 50k events with a live progress line, 
 BENCH_KAFKA_PORT ?= 9192
 BENCH_REGISTRY_PORT ?= 8182
 BENCH_NICE ?= 10
-bench: venv ## kernel, drain (msgpack, JSON, Avro), latency, state and scaling on a local broker (python -m bench) into BENCHMARKS.md (~15 min)
+bench: venv peer ## kernel, drain (msgpack, JSON, Avro, the Quix Streams peer), latency (and the peer's), state and scaling on a local broker (python -m bench) into BENCHMARKS.md (~20 min)
 	@deploy/kafka/fetch.sh >/dev/null
 	@deploy/registry/fetch.sh >/dev/null
 	@kport=$(BENCH_KAFKA_PORT); rport=$(BENCH_REGISTRY_PORT); pid=".cache/kafka-$$kport/pid"; \

@@ -6,6 +6,9 @@ the other way round.
 kernel.py   parts 1-2: the step kernel per backend and round size, the source post's four approaches
 drain.py    parts 3 and 6: one, then two worker processes drain a pre-loaded topic
 latency.py  part 4: latency at half and at a quarter of the drain rate
+versus.py   part 4: the worker and the Quix Streams peer on the same paced stream
+peer.py     the Quix Streams peer (its own venv, `make peer`); peer_step.py: its NumPy step and records;
+            peer_run.py: its weights, processes and drain
 state.py    part 5: restore of a state topic, RSS per resident key, cold misses
 kafka_io.py the benchmark's topics, fast producing, predictions read back (log-append times)
 process.py  worker processes under test;  scrape.py: their metrics and /proc

@@ -49,6 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds of each latency run (1/2, then 1/4 of the drain rate)",
     )
     p.add_argument(
+        "--versus-seconds",
+        type=float,
+        default=30.0,
+        help="seconds of each latency run of the worker and of the Quix Streams peer at 5,000 and 10,000 events/s",
+    )
+    p.add_argument(
+        "--peer-python",
+        default=".cache/peer-venv/bin/python",
+        help="python of the Quix Streams peer's venv (`make peer`); without it the peer's parts are skipped",
+    )
+    p.add_argument(
         "--state-keys", type=int, default=1_000_000, help="state records restored, and keys held, in the state part"
     )
     p.add_argument(

@@ -113,7 +113,7 @@ class BenchKafka:
     def delete_all(self) -> None:
         """The run's topics (and the state and dead-letter topics the workers made for them)."""
         existing = set(self.admin.list_topics(timeout=30).topics)
-        mine = sorted({t for t in existing for name in self.names if t == name or t.startswith(name + ".")})
+        mine = sorted({t for t in existing for name in self.names if _made_for(t, name)})
         if not mine:
             return
         for topic, future in self.admin.delete_topics(mine, operation_timeout=60).items():
@@ -196,6 +196,12 @@ class BenchKafka:
         finally:
             consumer.close()
         return Predictions(np.array(log_ms, np.int64), np.array(ts, np.int64), np.array(src, np.int64))
+
+
+def _made_for(topic: str, name: str) -> bool:
+    """`name` itself, a worker's `<name>.state` and `.dlq`, or a Quix app's internal topic of group
+    `name` (`<type>__<group>--<topic>--<store>`: the peer's changelog)."""
+    return topic == name or topic.startswith(name + ".") or f"__{name}--" in topic
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ import msgpack
 import numpy as np
 
 from bench.kafka_io import BenchKafka, FastProducer, partition_of
-from bench.process import Launcher, wait_predicted
+from bench.peer_run import PeerLauncher
+from bench.process import BehindError, Launcher
 from bench.scrape import machine_ticks
 from bench.stats import events_per_s, percentiles
 from worker.config import KafkaConfig
@@ -35,6 +36,9 @@ PRODUCER_LINGER_MS = 5
 # The second latency run's share of the drain rate (the first is the target's, bench/targets.py):
 # the load generator shares the cores, and what a worker serves live when it keeps up is shown too.
 LOW_LOAD_SHARE = 0.25
+# A server keeps up with a rate when it serves it at this share of the rate sent, having caught
+# up within `catch_up_s` of the producer's end: below, its latency only measures its backlog.
+SUSTAINED_SHARE = 0.95
 
 
 @dataclass(frozen=True)
@@ -50,10 +54,16 @@ class LatencyResult:
     served_per_s: float = float("nan")  # predictions, first to last: below the offered rate when behind
     steal_share: float = float("nan")  # of the machine's CPU time while producing, taken by the hypervisor
     generator_nice: int = 0  # the load generator's threads' nice value, as read back
+    caught_up: bool = True  # served every event within the run's catch-up time, when it had one
 
     @property
     def achieved_per_s(self) -> float:
         return self.sent / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def sustained(self) -> bool:
+        """It kept up with the rate: else its latency is no figure of a rate it sustains."""
+        return self.caught_up and self.served_per_s >= SUSTAINED_SHARE * self.achieved_per_s
 
     @property
     def quantiles(self) -> dict[float, float]:
@@ -134,7 +144,7 @@ def generate(
 
 def latency(
     bench: BenchKafka,
-    launcher: Launcher,
+    launcher: Launcher | PeerLauncher,
     rate: float,
     seconds: float,
     keys: int,
@@ -142,23 +152,31 @@ def latency(
     warmup_s: float = 5.0,
     name: str = "latency",
     generator_nice: int = 0,
+    catch_up_s: float | None = None,
 ) -> LatencyResult:
-    """`name` tells this run's topics, group and worker log from another latency run's."""
+    """`name` tells this run's topics, group and log from another latency run's. The worker or
+    the peer (`launcher`'s) serves; with `catch_up_s`, one that has not served every event that
+    long after the producer's end is stopped and the result says so (not `sustained`)."""
     topic = bench.create(bench.name(name), partitions)
     output = bench.create_output(bench.name(f"{name}-out"), partitions)
-    worker = launcher.start(name, topic, output, bench.name(f"{name}-group"))
+    served = launcher.start(name, topic, output, bench.name(f"{name}-group"))
+    caught_up = True
     try:
-        worker.wait_ready(180)
+        served.wait_ready(180)
         first_ms = int(time.time() * 1000)
         before = machine_ticks()
         sent, produced_s, ran_at = generate(
             bench.kafka, generator_nice, topic, keys, partitions, rate, warmup_s + seconds
         )
         _, steal = machine_ticks().shares_since(before)
-        wait_predicted([worker], sent, stall_s=60)
+        try:
+            served.wait_served(sent, stall_s=60, deadline_s=catch_up_s)
+        except BehindError as exc:
+            log.warning("latency %s: not caught up within %.0f s: %s", name, catch_up_s, exc)
+            caught_up = False
     finally:
-        launcher.stop(worker)
-    predictions = bench.read_predictions(output, partitions, sent)
+        launcher.stop(served)  # type: ignore[arg-type]
+    predictions = bench.read_predictions(output, partitions, sent if caught_up else 0)
     all_ms = predictions.latency_ms()
     warm = predictions.event_ts < first_ms + warmup_s * 1000
     result = LatencyResult(
@@ -173,6 +191,7 @@ def latency(
         events_per_s(predictions.distinct, predictions.first_ms, predictions.last_ms),
         steal,
         ran_at,
+        caught_up,
     )
     q = result.quantiles
     log.info(

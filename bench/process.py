@@ -50,6 +50,10 @@ class Reading:
         return by_label(self.samples, "lstm_worker_busy_seconds_total", "phase")
 
 
+class BehindError(BenchError):
+    """The process under test had not served the events sent by its deadline."""
+
+
 class WorkerProcess:
     def __init__(self, args: list[str], log_path: Path, metrics_port: int, name: str) -> None:
         self.name = name
@@ -95,23 +99,32 @@ class WorkerProcess:
             raise BenchError(f"worker {self.name}: /metrics answered {status}")
         return Reading(time.monotonic(), parse_metrics(text), cpu_seconds(self.pid), rss_bytes(self.pid))
 
+    def wait_served(self, total: int, stall_s: float = 90.0, deadline_s: float | None = None) -> None:
+        """Until it predicted `total` events (`wait_predicted`); BehindError `deadline_s` from now."""
+        wait_predicted([self], total, stall_s, deadline_s=deadline_s)
+
     def log_tail(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")[-3000:]
 
     def stop(self, timeout: float = 90.0) -> int:
         """SIGTERM, as in production: the worker finishes its round, commits and leaves."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            code = -9
-            log.warning("worker %s ignored SIGTERM for %.0f s: killed", self.name, timeout)
+        code = terminate(self.proc, timeout, f"worker {self.name}")
         self._log.close()
         return code
+
+
+def terminate(proc: subprocess.Popen, timeout: float, name: str) -> int:
+    """SIGTERM, then SIGKILL after `timeout` seconds; the exit code (-9: killed)."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        log.warning("%s ignored SIGTERM for %.0f s: killed", name, timeout)
+        return -9
 
 
 class Launcher:
@@ -166,16 +179,22 @@ class Launcher:
         self.stop(*self.running)
 
 
-def wait_predicted(workers: list[WorkerProcess], total: int, stall_s: float = 90.0, hz: float = 1.0) -> list[Reading]:
+def wait_predicted(
+    workers: list[WorkerProcess], total: int, stall_s: float = 90.0, hz: float = 1.0, deadline_s: float | None = None
+) -> list[Reading]:
     """Poll the workers' metrics (at `hz`) until together they predicted `total` events; fails
-    when their count has not grown for `stall_s` seconds. Returns each one's last reading.
+    when their count has not grown for `stall_s` seconds, or with BehindError when `deadline_s`
+    seconds have passed. Returns each one's last reading.
     Once a second: rendering the metrics holds the worker's GIL, so faster scrapes slow the drain."""
     best, last_growth = -1, time.monotonic()
+    deadline = None if deadline_s is None else last_growth + deadline_s
     while True:
         readings = [w.read() for w in workers]
         done = sum(r.predicted for r in readings)
         if done >= total:
             return readings
+        if deadline is not None and time.monotonic() > deadline:
+            raise BehindError(f"{done}/{total} predictions by the deadline")
         if done > best:
             best, last_growth = done, time.monotonic()
         elif time.monotonic() - last_growth > stall_s:

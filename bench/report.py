@@ -7,10 +7,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from bench.drain import DrainResult
-from bench.latency import LOW_LOAD_SHARE, PRODUCER_LINGER_MS, LatencyResult
+from bench.latency import LOW_LOAD_SHARE, PRODUCER_LINGER_MS, SUSTAINED_SHARE, LatencyResult
 from bench.results import BenchResults, msgpack_rate, targets
 from bench.stats import shares
 from bench.targets import LATENCY_LOAD_SHARE
+from bench.versus import CATCH_UP_S, VERSUS_KEYS, VERSUS_PARTITIONS
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], right: Sequence[int] = ()) -> list[str]:
@@ -89,6 +90,7 @@ def drain_section(r: BenchResults) -> list[str]:
     ]
     lines += table(["measure", "value"], [*_drain_rows(d), *_yardstick_rows(r), _ratio_row(d, kernel)], (1,))
     lines += _format_lines(r)
+    lines += _peer_lines(r)
     lines += ["", "Share of the worker loop's time per phase:", ""]
     lines += _phase_table({"one worker": d.busy_s} | ({"two workers": r.scaling.busy_s} if r.scaling else {}))
     lines += _plot(r, "phases", "share of the loop's time per phase")
@@ -137,6 +139,31 @@ def _format_lines(r: BenchResults) -> list[str]:
     lines += table(heads, rows, (1, 2, 3, 4))
     skipped = [f"The {_format_name(f)} drain did not run: {why}." for f, why in r.formats_skipped.items()]
     return lines + (["", *skipped] if skipped else [])
+
+
+def _peer_lines(r: BenchResults) -> list[str]:
+    """The Quix Streams peer's drain of the same msgpack topic, against the msgpack drains."""
+    p = r.peer_drain
+    if p is None:
+        return ["", f"The Quix Streams peer did not run: {r.peer_skipped}."] if r.peer_skipped else []
+    baseline = msgpack_rate(r.format_runs)
+    lines = [
+        "",
+        "Then the msgpack topic drained by the Quix Streams peer (bench/peer.py, its own venv: `make peer`),",
+        "a fresh application in a fresh group: one message at a time, each key's state in its RocksDB",
+        "state store, one NumPy step per message, the worker's prediction format; its settings in",
+        "bench/peer.py. Events/s the same way, from its predictions' log-append times, and its predictions",
+        "counted as the worker's are (one per event, by `src`); their values are checked against the",
+        "full history by tests/integration/test_peer_e2e.py:",
+        "",
+    ]
+    rows = [
+        ("events/s (first to last prediction)", f"{p.events_per_s:,.0f}"),
+        ("events predicted / predictions / duplicates", f"{p.distinct:,} / {p.predictions:,} / {p.duplicates:,}"),
+        ("the peer's CPU (cores, start to all committed)", f"{p.cpu_cores:.2f}"),
+        ("the msgpack drains' mean / the peer's", f"{baseline / p.events_per_s:.2f}x"),
+    ]
+    return lines + table(["measure", "the peer"], rows, (1,))
 
 
 def _format_name(fmt: str, again: bool = False) -> str:
@@ -236,6 +263,52 @@ def latency_section(r: BenchResults) -> list[str]:
     right = tuple(range(1, len(runs) + 1))
     alt = f"latency distribution at {LATENCY_LOAD_SHARE:.0%} load"
     return lines + table(heads, rows, right) + _plot(r, "latency", alt)
+
+
+def versus_section(r: BenchResults) -> list[str]:
+    """The worker and the peer on the same paced stream, at each rate, side by side."""
+    if not r.versus:
+        return []
+    first = r.versus[0].worker
+    lines = [
+        "## 4b. Latency: the worker against the Quix Streams peer",
+        "",
+        _context(r),
+        "",
+        f"The same paced stream ({VERSUS_KEYS:,} keys, {VERSUS_PARTITIONS} partitions, keys at random) served",
+        "by a fresh worker (default settings), then by a fresh peer (section 3), at each rate, each for",
+        f"{first.seconds:.0f} s into a fresh topic, the first {first.warmup_s:g} s not counted; latency as above.",
+        f"A server that has not served every event {CATCH_UP_S:g} s after the producer's end, or served",
+        f"under {SUSTAINED_SHARE:.0%} of the rate sent, did not sustain the rate and has no latency there.",
+        "",
+    ]
+
+    def cell(run: LatencyResult, q: float) -> str:
+        return f"{run.quantiles[q]:.1f}" if run.sustained else "not sustained"
+
+    rows = [
+        (
+            f"{v.rate:,.0f}",
+            who,
+            f"{run.achieved_per_s:,.0f}",
+            f"{run.served_per_s:,.0f}",
+            f"{run.distinct:,} / {run.sent:,}",
+            cell(run, 50.0),
+            cell(run, 99.0),
+        )
+        for v in r.versus
+        for who, run in (("worker", v.worker), ("peer", v.peer))
+    ]
+    heads = [
+        "offered (events/s)",
+        "server",
+        "sent (events/s)",
+        "served (events/s)",
+        "predicted",
+        "p50 (ms)",
+        "p99 (ms)",
+    ]
+    return lines + table(heads, rows, (0, 2, 3, 4, 5, 6))
 
 
 def state_section(r: BenchResults) -> list[str]:
@@ -358,6 +431,7 @@ def render(r: BenchResults) -> str:
         kernel_section(r),
         drain_section(r),
         latency_section(r),
+        versus_section(r),
         state_section(r),
         scaling_section(r),
     ]

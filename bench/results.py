@@ -12,13 +12,15 @@ from typing import TYPE_CHECKING
 
 from bench.drain import DrainResult
 from bench.latency import LatencyResult
+from bench.peer_run import PeerDrainResult
 from bench.state import StateResult
 from bench.stats import Target, kernel_rate_at
-from bench.targets import KEYS_HELD, TARGETS
+from bench.targets import KEYS_HELD, TARGETS, VERSUS_RATES
 from worker.synthetic import Produced
 
 if TYPE_CHECKING:
     from bench.kernel import KernelResult, NearDrain, Timing
+    from bench.versus import Versus
 
 
 def machine() -> str:
@@ -67,6 +69,9 @@ class BenchResults:
     scheduling: Scheduling | None = None  # parts 3-6 only
     formats: list[DrainResult] = field(default_factory=list)  # part 3's drains after `drain`, in run order
     formats_skipped: dict[str, str] = field(default_factory=dict)  # format -> why its drain did not run
+    peer_drain: PeerDrainResult | None = None  # the Quix Streams peer's drain of part 3's topic
+    versus: list[Versus] = field(default_factory=list)  # part 4: worker and peer at each VERSUS_RATES
+    peer_skipped: str | None = None  # why the peer did not run
 
     @property
     def format_runs(self) -> list[DrainResult]:
@@ -112,6 +117,28 @@ def format_ratio(runs: Sequence[DrainResult], fmt: str) -> float:
     return _mean_rate(runs, fmt) / msgpack_rate(runs)
 
 
+def versus_ratio(r: BenchResults, rate: float, q: float) -> float:
+    """The worker's latency quantile `q` over the peer's at `rate`: NaN when the peer did not keep
+    up (it has no latency there) or did not run, infinite when the worker alone did not."""
+    run = next((v for v in r.versus if v.rate == rate), None)
+    if run is None or not run.peer.sustained:
+        return float("nan")
+    if not run.worker.sustained:
+        return float("inf")
+    return run.worker.quantiles[q] / run.peer.quantiles[q]
+
+
+def peer_figures(r: BenchResults) -> dict[str, float]:
+    """The figures of the peer's targets: the drain against the msgpack drains' mean, the latencies."""
+    peer = r.peer_drain.events_per_s if r.peer_drain else float("nan")
+    figures = {"drain_vs_peer": msgpack_rate(r.format_runs) / peer}
+    for rate in VERSUS_RATES:
+        figures |= {f"p{q:.0f}_vs_peer_{rate}": versus_ratio(r, rate, q) for q in (50.0, 99.0)}
+    lat, d = r.latency, r.drain
+    figures["p99_drain_events"] = lat.quantiles[99.0] / 1000 * d.events_per_s if lat and d else float("nan")
+    return figures
+
+
 def measures(r: BenchResults) -> dict[str, float]:
     """The figures the targets name, each of this run alone (NaN: its part did not run)."""
     nan = float("nan")
@@ -128,6 +155,7 @@ def measures(r: BenchResults) -> dict[str, float]:
         "state_vs_raw": s.vs_raw if s else nan,
         "rss_keys_held_gb": (s.idle_rss + s.bytes_per_key * KEYS_HELD) / 1e9 if s else nan,
         "restore_per_s": s.restore_per_s if s else nan,
+        **peer_figures(r),
     }
 
 

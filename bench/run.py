@@ -1,7 +1,8 @@
 """One benchmark run, in order: kernel and baselines (no Kafka, quiet machine), the broker warmed up
-(not counted), drain by one worker, the same events as JSON, as Avro and as msgpack again, drain by
-two workers, latency at half and at a quarter of the drain rate, state; then the plots and
-BENCHMARKS.md.
+(not counted), drain by one worker, the same events as JSON, as Avro and as msgpack again, the
+same topic drained by the Quix Streams peer, drain by two workers, latency at half and at a
+quarter of the drain rate, then the worker and the peer on the same paced stream at fixed rates,
+state; then the plots and BENCHMARKS.md.
 
 Every topic the run makes is deleted at its end; worker logs stay under `<workdir>/logs/<run>/`.
 """
@@ -19,12 +20,14 @@ from pathlib import Path
 from bench.drain import DrainInput, DrainResult, Registry, drain, planned_formats, preload
 from bench.kafka_io import BenchError, BenchKafka
 from bench.latency import LOW_LOAD_SHARE, latency
+from bench.peer_run import NO_PEER, PEER_PYTHON, PeerLauncher, export_weights, peer_drain
 from bench.process import Launcher
 from bench.report import render
 from bench.results import BenchResults, Scheduling, machine
 from bench.scrape import process_nice
 from bench.state import state
 from bench.targets import LATENCY_LOAD_SHARE, goal
+from bench.versus import versus
 from worker.config import KafkaConfig
 from worker.errors import ConfigError
 from worker.options import Format
@@ -52,6 +55,8 @@ class BenchOptions:
     skip_kafka: bool = False
     workdir: str = ".cache/bench"
     schema_registry_url: str | None = None  # of part 3's Avro drain, skipped without it
+    versus_seconds: float = 30.0  # each latency run of the worker and the peer at VERSUS_RATES
+    peer_python: str = PEER_PYTHON  # the Quix Streams peer's venv (`make peer`), skipped without it
 
     def command(self, bootstrap: str | None) -> str:
         words = [
@@ -70,11 +75,13 @@ class BenchOptions:
                 f"--drain-keys {self.drain_keys}",
                 f"--partitions {self.partitions}",
                 f"--latency-seconds {self.latency_seconds:g}",
+                f"--versus-seconds {self.versus_seconds:g}",
                 f"--state-keys {self.state_keys}",
                 f"--cold-cache-keys {self.cold_cache_keys}",
                 f"--broker-warmup-seconds {self.broker_warmup_seconds:g}",
                 f"--load-nice {self.load_nice}",
                 *([f"--schema-registry-url {self.schema_registry_url}"] if self.schema_registry_url else []),
+                *([f"--peer-python {self.peer_python}"] if self.peer_python != PEER_PYTHON else []),
             ]
         )
 
@@ -136,6 +143,11 @@ def kafka_parts(results: BenchResults, options: BenchOptions, kafka: KafkaConfig
     logs.mkdir(parents=True, exist_ok=True)
     model_path, fp, sizes = reference_model(workdir)
     bench, launcher = BenchKafka(kafka, run), Launcher(kafka, model_path, logs)
+    peers = None
+    if Path(options.peer_python).is_file():
+        peers = PeerLauncher(kafka, options.peer_python, export_weights(model_path, workdir / "reference.npz"), logs)
+    else:
+        results.peer_skipped = NO_PEER
     pid = options.broker_pid
     results.scheduling = Scheduling(
         workers=os.getpriority(os.PRIO_PROCESS, 0),
@@ -152,6 +164,8 @@ def kafka_parts(results: BenchResults, options: BenchOptions, kafka: KafkaConfig
             results.errors[name] = f"{type(exc).__name__}: {exc}"
         finally:
             launcher.stop_all()
+            if peers is not None:
+                peers.stop_all()
 
     try:
         if options.broker_warmup_seconds > 0:
@@ -201,6 +215,14 @@ def kafka_parts(results: BenchResults, options: BenchOptions, kafka: KafkaConfig
                 else:
                     results.latency_low = measured
 
+        def peer() -> None:
+            if peers is not None:
+                results.peer_drain = peer_drain(bench, peers, data)
+
+        def against_peer() -> None:
+            if peers is not None:
+                results.versus = versus(bench, launcher, peers, options.versus_seconds, options.load_nice)
+
         def states() -> None:
             log.info("bench: part 5, state of %d keys", options.state_keys)
             results.state = state(
@@ -212,9 +234,12 @@ def kafka_parts(results: BenchResults, options: BenchOptions, kafka: KafkaConfig
         for fmt in formats:
             log.info("bench: part 3, the same events drained as %s", fmt)
             part("3. msgpack drain again" if fmt == "msgpack" else f"3. {fmt} drain", partial(drain_as, fmt))
+        log.info("bench: part 3, the same topic drained by the Quix Streams peer")
+        part("3. peer drain", peer)
         log.info("bench: part 6, two workers on the same topic")
         part("6. scaling", two)
         part("4. latency", load)
+        part("4. latency against the peer", against_peer)
         part("5. state", states)
     finally:
         launcher.stop_all()

@@ -36,7 +36,7 @@ def shown_limit(value: float, unit: str) -> str:
     return f"{number}x" if unit == "x" else f"{number} {unit}".strip()
 
 
-TARGETS = (
+TARGETS: tuple[Goal, ...] = (
     Goal("drain_vs_kernel", "drain {limit} of the step kernel at the same mean round size", 0.5, unit="share"),
     Goal("drain_per_s", "one worker's drain {limit}", 40_000, unit="events/s"),
     Goal("drain_vs_classic", "drain {limit} the source post's full-history approach", 500, unit="x"),
@@ -59,6 +59,34 @@ TARGETS = (
         unit="GB",
     ),
     Goal("restore_per_s", "state restore {limit}", 100_000, unit="records/s"),
+)
+
+# The Quix Streams peer (bench/peer.py) against the worker in the same run: its drain of the same
+# topic, and the same paced stream served by each at these rates (bench/versus.py).
+VERSUS_RATES = (5_000, 10_000)
+# p99 at LATENCY_LOAD_SHARE in events the drain serves meanwhile (p99 x the drain's events/s): a
+# faster drain doubles the load too. The limit is BENCHMARKS.md's at commit dc10f99: 95 ms x 56,054/s.
+P99_DRAIN_EVENTS = 5_325
+TARGETS += (
+    Goal("drain_vs_peer", "drain {limit} the Quix Streams peer's", 7, unit="x"),
+    *(
+        Goal(
+            f"p{q}_vs_peer_{rate}",
+            f"at {rate:,} events/s offered, the worker's p{q} {{limit}} the peer's",
+            1,
+            False,
+            "x",
+        )
+        for rate in VERSUS_RATES
+        for q in (50, 99)
+    ),
+    Goal(
+        "p99_drain_events",
+        f"p99 at {LATENCY_LOAD_SHARE:.0%} load x the drain rate {{limit}}",
+        P99_DRAIN_EVENTS,
+        higher_is_better=False,
+        unit="events",
+    ),
 )
 
 

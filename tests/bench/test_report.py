@@ -14,11 +14,13 @@ from bench.__main__ import build_parser
 from bench.drain import NO_REGISTRY, DrainResult, planned_formats
 from bench.kernel import KernelResult, NearDrain, Timing
 from bench.latency import LatencyResult
+from bench.peer_run import NO_PEER, PeerDrainResult
 from bench.report import render
 from bench.results import BenchResults, Scheduling, format_ratio, measures, msgpack_rate, targets
 from bench.run import BenchOptions, draw_plots
 from bench.state import StateResult
 from bench.targets import TARGETS, goal, shown_limit
+from bench.versus import Versus
 from worker.errors import ConfigError
 from worker.synthetic import Produced
 
@@ -133,7 +135,7 @@ def test_targets_met_and_missed_in_the_same_run():
     json, avro = by_what["JSON drain >= 0.8x the msgpack drain"], by_what["Avro drain >= 0.7x the msgpack drain"]
     assert json.measured == pytest.approx(17 / 22) and not json.met
     assert avro.measured == pytest.approx(16 / 22) and avro.met
-    assert len(by_what) == 10
+    assert len(by_what) == 16
 
 
 def test_kernel_only_run():
@@ -170,7 +172,7 @@ def test_options_render_the_command_that_reproduces_them():
     assert options.command(None).endswith("--skip-kafka")
     command = options.command("127.0.0.1:9092")
     assert "--bootstrap-servers 127.0.0.1:9092 --drain-events 20000 --drain-keys 10000 --partitions 4" in command
-    assert "--latency-seconds 5 --state-keys 1000000" in command
+    assert "--latency-seconds 5 --versus-seconds 30 --state-keys 1000000" in command
     assert command.endswith("--cold-cache-keys 10000 --broker-warmup-seconds 80 --load-nice 10")
     url = "http://127.0.0.1:8182/apis/ccompat/v7"
     assert (
@@ -179,6 +181,7 @@ def test_options_render_the_command_that_reproduces_them():
     assert "--schema-registry-url" not in BenchOptions(schema_registry_url=url).command(None)
     assert "--broker-warmup-seconds 0 " in BenchOptions(broker_warmup_seconds=0).command("b:9092")
     assert BenchOptions(load_nice=0, broker_pid=4242).command("b:9092").endswith("--load-nice 0")
+    assert BenchOptions(peer_python="/p/python").command("b:9092").endswith("--load-nice 10 --peer-python /p/python")
 
 
 def test_a_nice_value_out_of_range_stops_the_bench_before_it_starts():
@@ -299,3 +302,51 @@ def test_without_a_registry_the_avro_drain_is_skipped_and_the_report_says_why():
     by_what = {t.what: t for t in targets(r)}
     assert by_what["Avro drain >= 0.7x the msgpack drain"].verdict() == "not measured"
     assert by_what["JSON drain >= 0.8x the msgpack drain"].measured == pytest.approx(17 / 22)
+
+
+def paced(rate: float, served: float, latency_ms: np.ndarray, caught_up: bool = True) -> LatencyResult:
+    sent = int(rate * 35)
+    return LatencyResult(rate, 35.0, sent, sent, sent, latency_ms, 5.0, served_per_s=served, caught_up=caught_up)
+
+
+def with_peer() -> BenchResults:
+    r = full()
+    r.peer_drain = PeerDrainResult(1000, 1001, 1000, 3_000.0, 0.33, 0.97)
+    r.versus = [
+        # at 5,000: both keep up, the worker's p50 a half and its p99 twice the peer's
+        Versus(5000, paced(5000, 4990, np.arange(1.0, 101.0)), paced(5000, 5001, np.arange(2.0, 202.0, 2) / 4)),
+        # at 10,000: the peer serves 80% of the rate: no latency of it there
+        Versus(10_000, paced(10_000, 9990, np.arange(1.0, 101.0)), paced(10_000, 8000, np.arange(1.0, 101.0))),
+    ]
+    return r
+
+
+def test_the_peers_drain_and_latency_against_the_worker():
+    r = with_peer()
+    figures = measures(r)
+    assert figures["drain_vs_peer"] == pytest.approx(22_000 / 3_000)  # the msgpack drains' mean over the peer's
+    assert figures["p50_vs_peer_5000"] == pytest.approx(50.5 / 25.25) and figures["p99_vs_peer_5000"] > 1
+    assert np.isnan(figures["p50_vs_peer_10000"]) and np.isnan(figures["p99_vs_peer_10000"])
+    assert figures["p99_drain_events"] == pytest.approx(99.01 / 1000 * 20_000)
+    by_what = {t.what: t for t in targets(r)}
+    assert by_what["drain >= 7x the Quix Streams peer's"].met
+    assert not by_what["at 5,000 events/s offered, the worker's p50 <= 1x the peer's"].met
+    assert by_what["at 10,000 events/s offered, the worker's p99 <= 1x the peer's"].verdict() == "not measured"
+    assert by_what["p99 at 50% load x the drain rate <= 5,325 events"].met  # 1,980 events
+    text = render(r)
+    assert "| events predicted / predictions / duplicates | 1,000 / 1,001 / 1 |" in text
+    assert "| the msgpack drains' mean / the peer's | 7.33x |" in text
+    assert "## 4b. Latency: the worker against the Quix Streams peer" in text
+    assert "| 5,000 | peer | 5,000 | 5,001 | 175,000 / 175,000 | 25.2 | 49.5 |" in text
+    assert "| 10,000 | peer | 10,000 | 8,000 | 350,000 / 350,000 | not sustained | not sustained |" in text
+
+
+def test_a_worker_that_alone_falls_behind_misses_and_a_missing_peer_is_said():
+    r = with_peer()
+    r.versus[0] = Versus(5000, paced(5000, 5000, np.arange(1.0, 101.0), caught_up=False), r.versus[0].peer)
+    assert measures(r)["p50_vs_peer_5000"] == float("inf")
+    r = full()
+    r.peer_skipped = NO_PEER
+    text = render(r)
+    assert f"The Quix Streams peer did not run: {NO_PEER}." in text and "## 4b." not in text
+    assert np.isnan(measures(r)["drain_vs_peer"])

@@ -14,6 +14,7 @@ from bench.drain import drain, preload
 from bench.kafka_io import BenchError, BenchKafka
 from bench.kernel import KernelResult, Timing
 from bench.latency import latency
+from bench.peer_run import PEER_PYTHON, REPO, PeerLauncher, export_weights, peer_drain
 from bench.process import Launcher
 from bench.report import render
 from bench.results import BenchResults
@@ -74,3 +75,23 @@ def test_drain_latency_and_state_measure_real_workers(broker: str, tmp_path: Pat
     )
     text = render(BenchResults("bench", "today", "here", "0", kernel, data.produced, one, None, lat, st))
     assert "## 3. End-to-end drain" in text and "## 5. State" in text and "## 6." not in text
+
+
+def test_the_quix_streams_peer_drains_and_serves_a_paced_load(broker: str, tmp_path: Path):
+    """The peer's parts (bench/peer_run.py, bench/latency.py with its launcher) on the real peer."""
+    if not (REPO / PEER_PYTHON).is_file():
+        pytest.skip(f"no peer venv at {PEER_PYTHON}: `make peer` creates it (`make test` does)")
+    model, _, _ = reference_model(tmp_path)
+    bench = BenchKafka(KafkaConfig(broker), uuid.uuid4().hex[:8])
+    peers = PeerLauncher(bench.kafka, str(REPO / PEER_PYTHON), export_weights(model, tmp_path / "m.npz"), tmp_path)
+    try:
+        data = preload(bench, 5_000, KEYS, PARTITIONS)
+        drained = peer_drain(bench, peers, data)
+        lat = latency(bench, peers, 500, 3, KEYS, PARTITIONS, warmup_s=1, name="peer-latency", catch_up_s=15)
+    finally:
+        peers.stop_all()
+        bench.delete_all()
+    assert (drained.distinct, drained.missing, drained.duplicates) == (5_000, 0, 0)
+    assert drained.events_per_s > 0 and drained.cpu_cores > 0
+    assert lat.caught_up and lat.sustained and lat.distinct == lat.sent > 1_500
+    assert 0 < lat.quantiles[50.0] <= lat.quantiles[99.0]
