@@ -3,7 +3,7 @@
 The worker is ready before the first event is sent. The producer paces itself to the rate,
 stamps each event's `ts` when it hands it to the client, and the latency of an event is its
 prediction's log-append time minus that `ts`: producer linger and queue, broker, the
-worker's wait for a fuller round (default `--max-delay-ms`), the step and the output producer.
+worker's fetch, its round, the step and the output producer's linger.
 The first seconds at the rate warm the worker up (its first rounds of each shape, the fetch
 sessions); they are reported apart and not counted in the quantiles.
 """

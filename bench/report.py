@@ -229,7 +229,7 @@ def latency_section(r: BenchResults) -> list[str]:
         "",
         f"A producer at {lat.target_per_s:,.0f} events/s ({LATENCY_LOAD_SHARE:.0%} of the drain rate above) for",
         f"{lat.seconds:.0f} s into a fresh topic, then again at {LOW_LOAD_SHARE:.0%} into another, each with a fresh",
-        "worker ready before the first event, default `--max-delay-ms`"
+        "worker ready before the first event, its default settings"
         f"{', on the broker warmed up before part 3' if r.broker_warmup else ''}.",
         "Latency = the prediction's log-append time - the event's `ts` (set when handed to the producer,",
         f"`linger.ms` {PRODUCER_LINGER_MS}). The events of the first",

@@ -240,7 +240,7 @@ def test_the_broker_warm_up_is_reported_apart_with_its_own_figures():
         "a worker served\n12,000 events/s for 80 s on a throwaway topic (latency meanwhile p50\n505 ms, p99 990 ms)"
         in text
     )
-    assert "default `--max-delay-ms`, on the broker warmed up before part 3." in text
+    assert "its default settings, on the broker warmed up before part 3." in text
     assert "| p99 (ms) | 99.0 | 49.5 |" in text  # part 4's own runs, unchanged
     assert {t.what: t for t in targets(r)}["p99 latency <= 50 ms at 50% load"].measured == r.latency.quantiles[99.0]
 
