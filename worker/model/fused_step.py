@@ -60,7 +60,7 @@ class _FusedRecurrent:
         self._scratch: dict[str, Array] = {}
 
     def _buffer(self, name: str, rows: int, width: int) -> Array:
-        """A scratch array of at least `rows` rows, kept across calls (never returned)."""
+        """A scratch array of at least `rows` rows, kept across calls."""
         held = self._scratch.get(name)
         if held is None or len(held) < rows:
             held = self._scratch[name] = np.empty((rows, width), np.float32)
@@ -72,9 +72,14 @@ class _FusedRecurrent:
         batch, steps = mask.shape
         features, n = x.shape[2], self.units
         out = np.empty((batch, steps, n), np.float32)
-        xh = np.empty((batch, features + n), np.float32)  # h's columns are the carried state
+        # [x, h] and c are scratch kept across calls (no fresh pages per round): the states
+        # returned are views of them, which NumpyStep copies out before the next call
+        xh = self._buffer("xh", batch, features + n)[:batch]
         xh[:, features:] = states[0]
-        c = np.array(states[1], np.float32, order="C") if self.kind == "LSTM" else None  # updated in place
+        c = None
+        if self.kind == "LSTM":
+            c = self._buffer("c", batch, n)[:batch]
+            c[:] = states[1]
         mask = np.ascontiguousarray(mask)
         prefix = _prefix_rows(mask)
         for t in range(steps):
