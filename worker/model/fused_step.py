@@ -53,8 +53,9 @@ class _FusedRecurrent:
         self.bias = np.ascontiguousarray(bias.reshape(-1, n))
         if self.gru:
             self.kernel = kernel
-            self.recurrent = recurrent if self.reset_after else np.ascontiguousarray(recurrent[:, : 2 * n])
-            self.candidate = np.ascontiguousarray(recurrent[:, 2 * n :])
+            split = 3 * n if self.reset_after else 2 * n  # reset before: the candidate's product takes r * h
+            self.recurrent = np.ascontiguousarray(recurrent[:, :split])
+            self.candidate = np.ascontiguousarray(recurrent[:, split:])  # no columns with reset_after
         else:
             self.kernel = np.concatenate([kernel, recurrent])  # [x, h] @ [W; U]: one product
         self._scratch: dict[str, Array] = {}
