@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from worker.config import KafkaConfig, parse_kafka_overrides, redact_text
 from worker.errors import ConfigError, WorkerError
+from worker.options import RUN
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,9 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # as `lstm-worker` sets it before NumPy loads: the kernel is timed on the BLAS threads it is
-    # served with, and the workers under test inherit it
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # as `lstm-worker` sets it before NumPy loads, from the workers' --step-threads: the kernel is
+    # timed on the BLAS threads it is served with, and the workers under test inherit it
+    threads = RUN["step_threads"]
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", os.environ.get(threads.env, str(threads.default)))
     from bench import write_benchmarks
     from bench.run import BenchOptions
 

@@ -9,6 +9,7 @@ full-history outputs (1e-5) before its time counts.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,8 +17,10 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+from bench.targets import PRODUCTS_KEYS
 from worker.model.reference import make_reference_model
 from worker.model.twin import KERNELS, StreamingTwin
+from worker.options import RUN
 
 FEATURES, UNITS = 4, (100, 200)
 ROUND_SIZES = (1, 4, 16, 64, 256, 1024, 4096)
@@ -75,6 +78,37 @@ def kernel_sweep(
         twin = StreamingTwin.from_model(model, backend=backend)
         rows += [(backend, size, _round_seconds(twin, size, min_seconds)) for size in sizes]
     return rows
+
+
+def product_operands(
+    keys: int, units: tuple[int, ...] = UNITS, features: int = FEATURES
+) -> list[tuple[np.ndarray, ...]]:
+    """(a, b, out) of each product the step takes per round, at its shapes: each LSTM layer's
+    [x, h] @ [W; U] with its 4 gates, then the Dense head (flops_per_event counts these)."""
+    rng = np.random.default_rng(0)
+    shapes, width = [], features
+    for u in units:
+        shapes.append((width + u, 4 * u))
+        width = u
+    shapes.append((width, 1))
+    operands: list[tuple[np.ndarray, ...]] = []
+    for inner, outer in shapes:
+        a = rng.standard_normal((keys, inner)).astype(np.float32)
+        b = rng.standard_normal((inner, outer)).astype(np.float32)
+        operands.append((a, b, np.empty((keys, outer), np.float32)))
+    return operands
+
+
+def products_seconds(keys: int = PRODUCTS_KEYS, min_seconds: float = 1.0) -> float:
+    """Seconds per round of the step's matrix products alone (BLAS into preallocated outputs):
+    the arithmetic's rate, which the kernel's is held to."""
+    operands = product_operands(keys)
+
+    def products() -> None:
+        for a, b, out in operands:
+            np.matmul(a, b, out=out)
+
+    return _timed(products, min_seconds)
 
 
 def _round_seconds(twin: StreamingTwin, size: int, min_seconds: float) -> float:
@@ -223,10 +257,17 @@ class KernelResult:
     baselines: list[Timing]
     backend: str  # the worker's
     flops: int
+    products_s: float = float("nan")  # seconds per round of the matrix products alone, PRODUCTS_KEYS keys
 
     @property
     def best_events_per_s(self) -> float:
         return max(size / seconds for _, size, seconds in self.sweep)
+
+    @property
+    def vs_products(self) -> float:
+        """The worker's kernel's rate at PRODUCTS_KEYS keys per round over its products' alone."""
+        served = dict((size, seconds) for name, size, seconds in self.sweep if name == self.backend)
+        return self.products_s / served.get(PRODUCTS_KEYS, float("nan"))
 
     def baseline(self, word: str) -> Timing:
         """The first baseline whose name contains `word` ("classic", "one compiled step")."""
@@ -237,8 +278,10 @@ def measure_kernel(min_seconds: float = 1.0, events: int = 200) -> KernelResult:
     """Parts 1 and 2 on the reference model (seed 0, as `make-model` writes it)."""
     model = make_reference_model(FEATURES, UNITS, seed=0)
     sweep = kernel_sweep(model, min_seconds=min_seconds)
-    served_by = StreamingTwin.from_model(model).backend  # what `lstm-worker run` resolves "auto" to
-    return KernelResult(sweep, baselines(model, events), served_by, flops_per_event())
+    products = products_seconds(PRODUCTS_KEYS, min_seconds)
+    # what the workers under test serve with: their --backend (they inherit the environment), resolved
+    served_by = StreamingTwin.from_model(model, os.environ.get(RUN["backend"].env, RUN["backend"].default)).backend
+    return KernelResult(sweep, baselines(model, events), served_by, flops_per_event(), products)
 
 
 @dataclass(frozen=True)

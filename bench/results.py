@@ -145,6 +145,7 @@ def measures(r: BenchResults) -> dict[str, float]:
     d, s, lat = r.drain, r.state, r.latency
     drain = d.events_per_s if d else nan
     return {
+        "kernel_vs_products": r.kernel.vs_products,
         "drain_vs_kernel": drain / r.kernel_at_drain,
         "drain_per_s": drain,
         "drain_vs_classic": drain / r.kernel.baseline("classic").events_per_s,

@@ -302,9 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(args, "log_level", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # The NumPy kernel's products on one BLAS thread, read when NumPy loads, which no import above
-    # does (docs/performance.md, "One BLAS thread")
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # The step's products on --step-threads BLAS threads, read when NumPy loads, which no import
+    # above does (docs/performance.md, "Step threads"); a value below 1 is refused by RunConfig
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(getattr(args, "step_threads", 1)))
     try:
         return _COMMANDS[args.command](args)
     except WorkerError as exc:

@@ -238,6 +238,7 @@ class RunConfig:
     state_ttl_s: float = RUN["state_ttl_s"].default
     features: int = RUN["features"].default  # what producers send; 0: whatever the model takes
     backend: Backend = RUN["backend"].default
+    step_threads: int = RUN["step_threads"].default  # read by worker/cli.py before NumPy loads
     shutdown_timeout_s: float = RUN["shutdown_timeout_s"].default
     replication_factor: int = RUN["replication_factor"].default  # of the topics the worker creates
     input_format: Format = RUN["input_format"].default

@@ -20,8 +20,9 @@ ENV_PREFIX = "LSTM_WORKER_"
 
 Guarantee = Literal["at_least_once", "exactly_once_v2"]
 OnModelMismatch = Literal["reset", "fail"]
-# step kernels of the streaming twin; "auto" is numpy when the model has a NumPy form, else tf
-Backend = Literal["auto", "numpy", "tf", "xla"]
+# step kernels of the streaming twin; "auto" is fused when numba imports and the model has a fused
+# form, else numpy when it has a NumPy form, else tf
+Backend = Literal["auto", "fused", "numpy", "tf", "xla"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 Cell = Literal["lstm", "gru", "simple"]
 XFormat = Literal["bytes", "list"]
@@ -222,8 +223,19 @@ RUN_OPTIONS = (
         "--backend",
         Backend,
         "auto",
-        "step kernel: numpy (no per-call framework cost), tf, xla; auto: numpy when every layer has a NumPy form",
-        details="xla jit-compiles the TensorFlow graph; the kernel auto chose is logged at start",
+        "step kernel: fused (NumPy's products, each cell's element-wise part in one compiled pass), numpy "
+        "(no per-call framework cost), tf, xla; auto: the first of fused, numpy, tf that serves every layer",
+        details="fused compiles with numba at start, before joining the group, cached on disk; "
+        "xla jit-compiles the TensorFlow graph; the kernel auto chose is logged at start",
+    ),
+    Option(
+        "--step-threads",
+        int,
+        1,
+        "cores the model step may use: its BLAS threads (OPENBLAS_NUM_THREADS, unless set)",
+        minimum=1,
+        details="one fits a pod of one or two cores, whose other core serves librdkafka's threads "
+        '(docs/performance.md, "Step threads")',
     ),
     Option("--max-event-bytes", int, 1_048_576, "larger events go to the dead-letter topic (too_large)", minimum=1),
     Option("--poll-batch", int, 4096, "records per consume() call", minimum=1),

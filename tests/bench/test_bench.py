@@ -13,7 +13,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from bench.drain import DrainInput, Registry
 from bench.kafka_io import encoded_events
-from bench.kernel import baselines, flops_per_event, time_near_drain
+from bench.kernel import baselines, flops_per_event, product_operands, products_seconds, time_near_drain
 from bench.latency import event_encoder, lower_priority
 from bench.scrape import parse_nice
 from worker.cli import build_parser as worker_parser
@@ -27,6 +27,19 @@ from worker.synthetic import Produced
 
 def test_flops_per_event_of_the_reference_model():
     assert flops_per_event() == 563_600  # 2 x (4 x 100 x 104 + 4 x 200 x 300 + 200)
+
+
+def test_the_products_row_takes_the_steps_products_at_their_shapes():
+    """Every product the fused step takes per round (4 gates of each LSTM layer, the Dense head),
+    so that the kernel's share of their rate counts only the element-wise part and the copies."""
+    operands = product_operands(32)
+    assert [(a.shape, b.shape, out.shape) for a, b, out in operands] == [
+        ((32, 104), (104, 400), (32, 400)),
+        ((32, 300), (300, 800), (32, 800)),
+        ((32, 200), (200, 1), (32, 1)),
+    ]
+    assert sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b, _ in operands) == 32 * flops_per_event()
+    assert products_seconds(32, min_seconds=0.01) > 0
 
 
 def test_every_baseline_equals_the_full_history():

@@ -24,7 +24,14 @@ from bench.versus import Versus
 from worker.errors import ConfigError
 from worker.synthetic import Produced
 
-SWEEP = [("tf", 16, 0.001), ("tf", 64, 0.002), ("tf", 256, 0.004), ("xla", 16, 0.0008), ("xla", 256, 0.005)]
+SWEEP = [
+    ("tf", 16, 0.001),
+    ("tf", 64, 0.002),
+    ("tf", 256, 0.004),
+    ("tf", 1024, 0.008),
+    ("xla", 16, 0.0008),
+    ("xla", 256, 0.005),
+]
 BUSY = {"poll": 2.0, "decode": 1.0, "state": 0.5, "step": 6.0, "produce": 0.4, "commit": 0.1, "restore": 0.0}
 
 
@@ -61,6 +68,7 @@ def results(**parts: object) -> BenchResults:
         ],
         "tf",
         563_600,
+        products_s=0.006,  # the served kernel (tf) at 1,024 keys: 8 ms, so 75% of the products' rate
     )
     return BenchResults("python -m bench --out B.md", "2026-01-01 00:00 UTC", "a CPU, 2 cores", "0.1", kernel, **parts)  # type: ignore[arg-type]
 
@@ -123,7 +131,7 @@ def test_every_section_with_its_context_and_ratios():
 
 def test_targets_met_and_missed_in_the_same_run():
     by_what = {t.what: t for t in targets(full())}
-    assert by_what["drain >= 50% of the step kernel at the same mean round size"].met  # 62%
+    assert not by_what["drain >= 85% of the step kernel at the same mean round size"].met  # 62%
     rate = by_what["one worker's drain >= 40,000 events/s"]
     assert not rate.met and "missed** by 50%" in rate.verdict()
     assert by_what["drain >= 500x the source post's full-history approach"].measured == 2000  # 20,000 / 10 events/s
@@ -135,7 +143,8 @@ def test_targets_met_and_missed_in_the_same_run():
     json, avro = by_what["JSON drain >= 0.8x the msgpack drain"], by_what["Avro drain >= 0.7x the msgpack drain"]
     assert json.measured == pytest.approx(17 / 22) and not json.met
     assert avro.measured == pytest.approx(16 / 22) and avro.met
-    assert len(by_what) == 16
+    assert by_what["kernel at 1,024 keys per round >= 70% of the matrix products' rate"].measured == 0.75
+    assert len(by_what) == 17
 
 
 def test_kernel_only_run():
@@ -144,6 +153,8 @@ def test_kernel_only_run():
     assert "## 3." not in text and "## Targets" not in text and "## Analysis" not in text
     assert "| format |" not in text and "did not run" not in text
     assert "| tf | 64 | 2,000 | 32,000 | 18.0 |" in text
+    assert "| matrix products only | 1024 | 6,000 | 170,667 | 96.2 |" in text
+    assert "the `tf` kernel runs at 75% of their rate" in text
 
 
 def test_plots_are_written_and_linked(tmp_path: Path):
@@ -218,7 +229,7 @@ def test_the_drain_is_compared_with_its_yardsticks_timed_right_after_it():
     r = full()
     r.near_drain = NearDrain(64, 25_000.0, Timing("one compiled step", 200, 0.4))  # slower than parts 1-2 ran
     by_what = {t.what: t for t in targets(r)}
-    assert by_what["drain >= 50% of the step kernel at the same mean round size"].measured == 0.8  # 20,000 / 25,000
+    assert by_what["drain >= 85% of the step kernel at the same mean round size"].measured == 0.8  # 20,000 / 25,000
     assert by_what["drain >= 50x the per-event single-step call"].measured == 40  # 20,000 / 500 events/s
     assert by_what["drain >= 500x the source post's full-history approach"].measured == 2000  # part 2's, as before
     text = render(r)
@@ -257,7 +268,7 @@ def test_every_target_names_a_figure_of_the_run_and_reads_its_limit(monkeypatch:
 
 
 def test_the_limits_read_as_their_units():
-    assert goal("drain_vs_kernel").label() == "drain >= 50% of the step kernel at the same mean round size"
+    assert goal("drain_vs_kernel").label() == "drain >= 85% of the step kernel at the same mean round size"
     assert goal("drain_per_s").label() == "one worker's drain >= 40,000 events/s"
     assert goal("state_vs_raw").label() == "resident state <= 1.3x its raw bytes per key"
     assert shown_limit(3.5, "GB") == "3.5 GB" and shown_limit(0.25, "share") == "25%"

@@ -302,15 +302,20 @@ def test_run_logs_its_configuration_redacted_before_connecting(model_file, capsy
     assert "hunter2" not in logged + err
 
 
-@pytest.mark.parametrize(("given", "expected"), [(None, "1"), ("2", "2")])
-def test_commands_run_the_blas_on_one_thread_unless_told_otherwise(model_file, monkeypatch, given, expected):
+@pytest.mark.parametrize(
+    ("given", "step_threads", "expected"), [(None, [], "1"), ("2", [], "2"), (None, ["3"], "3"), ("2", ["3"], "2")]
+)
+def test_commands_run_the_blas_on_step_threads_unless_told_otherwise(
+    model_file, monkeypatch, given, step_threads, expected
+):
     monkeypatch.setattr("worker.kafka.access.check_client_access", lambda kafka, group: 1 / 0)
     if given is None:
         monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
     else:
         monkeypatch.setenv("OPENBLAS_NUM_THREADS", given)
+    flag = ["--step-threads", *step_threads] if step_threads else []
     with pytest.raises(ZeroDivisionError):  # stopped before anything connects
-        main(["run", "--model", model_file, "--input-topic", "in", "--output-topic", "out"])
+        main(["run", "--model", model_file, "--input-topic", "in", "--output-topic", "out", *flag])
     assert os.environ["OPENBLAS_NUM_THREADS"] == expected
 
 

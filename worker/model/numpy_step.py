@@ -70,8 +70,13 @@ _ACTIVATIONS: dict[str, _Apply] = {
 }
 
 
+def activation_name(fn: Any) -> str:
+    """The keras name of an activation function, which the kernels' forms are keyed by."""
+    return getattr(fn, "__name__", repr(fn))
+
+
 def _activation(fn: Any, owner: keras.layers.Layer) -> _Apply:
-    name = getattr(fn, "__name__", repr(fn))
+    name = activation_name(fn)
     if name not in _ACTIVATIONS:
         raise NoNumpyFormError(f"activation {name!r} of layer {owner.name!r}")
     return _ACTIVATIONS[name]
@@ -290,11 +295,15 @@ def _layer_norm(layer: keras.layers.Layer) -> _Apply:
 class NumpyStep:
     """The twin's stages as NumPy functions: [B, T, F] steps and [B, S] states in and out."""
 
+    name = "numpy"  # the twin's backend
+    # how a recurrent layer is run: its `run(x, mask, states)`, `units` and `state_count`
+    recurrent: Callable[[keras.layers.Layer], Any] = _Recurrent
+
     def __init__(self, stages: Sequence[tuple[str, keras.layers.Layer]]) -> None:
         self._plan: list[tuple[str, Any]] = []
         for kind, layer in stages:
             if kind == "recurrent":
-                self._plan.append((kind, _Recurrent(layer)))
+                self._plan.append((kind, self.recurrent(layer)))
             elif kind == "masking":
                 self._plan.append((kind, np.float32(layer.mask_value)))
             else:

@@ -68,8 +68,8 @@ class StreamingTwin:
         self._features = features
         self._state_sizes = [size for stage in stages if stage.kind == "recurrent" for size in _sizes(stage.layer)]
         self._state_dim = sum(self._state_sizes)
-        self._numpy = self._numpy_step(stages, backend)
-        self.backend = "numpy" if self._numpy else ("tf" if backend == "auto" else backend)
+        self._numpy = _fused_step(stages, backend) or _numpy_step(stages, backend)
+        self.backend = self._numpy.name if self._numpy else ("tf" if backend == "auto" else backend)
         # XLA compiles once per distinct shape: pad to power-of-two buckets to bound that.
         self._bucketed = self.backend == "xla"
         self._functions: list[Any] = []
@@ -81,19 +81,6 @@ class StreamingTwin:
         self._functions = [self._compile(steps, features) for steps in (None, 1)]
         self._concrete, self._concrete_one_step = (f.get_concrete_function() for f in self._functions)
         self._output_dim = int(self._concrete.structured_outputs[0].shape[-1])
-
-    @staticmethod
-    def _numpy_step(stages: list[_Stage], backend: str) -> NumpyStep | None:
-        """The NumPy kernel when asked for or when "auto" finds a NumPy form of every layer."""
-        if backend not in ("auto", "numpy"):
-            return None
-        try:
-            return NumpyStep([(stage.kind, stage.layer) for stage in stages])
-        except NoNumpyFormError as exc:
-            if backend == "numpy":
-                raise ModelError(f"backend numpy cannot serve this model: {exc} has no NumPy form; use tf") from exc
-            log.info("serving with TensorFlow: %s has no NumPy form", exc)
-            return None
 
     def _zeros(self, batch: int, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x = np.zeros((batch, steps, self._features), np.float32)
@@ -115,10 +102,11 @@ class StreamingTwin:
     def from_model(cls, model: keras.Model, backend: str = "auto") -> StreamingTwin:
         """Check that `model` can be served one step at a time and build its twin.
 
-        backend "numpy" runs keras' formulas in NumPy (no per-call framework cost); "tf"
+        backend "numpy" runs keras' formulas in NumPy (no per-call framework cost); "fused"
+        too, but each recurrent cell's element-wise part in one compiled pass (numba); "tf"
         runs the TensorFlow graph; "xla" jit-compiles it, which compiles once per
-        power-of-two bucket of batch size and length; "auto" is numpy when every layer has
-        a NumPy form, else tf.
+        power-of-two bucket of batch size and length; "auto" is fused when numba imports and
+        every layer has a fused form, else numpy when every layer has a NumPy form, else tf.
         """
         if backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -213,6 +201,42 @@ class StreamingTwin:
                 h, final = _run_recurrent(stage.layer, h, mask, initial)
                 new_states.extend(final)
         return tf.cast(h, tf.float32), tf.concat(new_states, axis=1)
+
+
+def _fused_step(stages: list[_Stage], backend: str) -> NumpyStep | None:
+    """The fused kernel when asked for or when "auto" finds numba and a fused form of every layer."""
+    if backend not in ("auto", "fused"):
+        return None
+    try:  # numba is a dependency; the import fails only in a broken install (e.g. no llvmlite for the CPU)
+        from worker.model.fused_step import FusedStep, NoFusedFormError
+    except ImportError as exc:
+        if backend == "fused":
+            raise ModelError(f"backend fused needs numba, which does not import: {exc}; use numpy") from exc
+        log.info("not serving with the fused step: numba does not import (%s)", exc)
+        return None
+    try:
+        return FusedStep([(stage.kind, stage.layer) for stage in stages])
+    except NoFusedFormError as exc:
+        if backend == "fused":
+            raise ModelError(f"backend fused cannot serve this model: {exc} has no fused form; use numpy") from exc
+        log.info("not serving with the fused step: %s has no fused form", exc)
+    except NoNumpyFormError as exc:
+        if backend == "fused":
+            raise ModelError(f"backend fused cannot serve this model: {exc} has no NumPy form; use tf") from exc
+    return None
+
+
+def _numpy_step(stages: list[_Stage], backend: str) -> NumpyStep | None:
+    """The NumPy kernel when asked for or when "auto" finds a NumPy form of every layer."""
+    if backend not in ("auto", "numpy"):
+        return None
+    try:
+        return NumpyStep([(stage.kind, stage.layer) for stage in stages])
+    except NoNumpyFormError as exc:
+        if backend == "numpy":
+            raise ModelError(f"backend numpy cannot serve this model: {exc} has no NumPy form; use tf") from exc
+        log.info("serving with TensorFlow: %s has no NumPy form", exc)
+        return None
 
 
 def _run_recurrent(

@@ -280,7 +280,7 @@ def test_backend_matches_tf_on_padded_and_masked_rows(backend: str) -> None:
 
 
 def test_auto_serves_with_numpy_unless_a_layer_has_no_numpy_form() -> None:
-    assert StreamingTwin.from_model(make_reference_model()).backend == "numpy"
+    assert StreamingTwin.from_model(make_reference_model()).backend == "fused"  # auto: fused first
     gelu_head = keras.Sequential(
         [keras.Input(shape=(None, FEATURES)), keras.layers.LSTM(4), keras.layers.Dense(2, activation="gelu")]
     )
