@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from bench.check import Expected, ValueCheck, check_values
 from bench.kafka_io import BenchError, BenchKafka
 from bench.process import Launcher, Reading, wait_caught_up, wait_predicted
 from bench.scrape import machine_ticks
@@ -96,6 +97,7 @@ class DrainResult:
     busy_s: dict[str, float] = field(default_factory=dict)  # loop seconds per phase, summed
     per_worker: list[int] = field(default_factory=list)  # predictions of each worker
     format: Format = "msgpack"  # of the input and the output topic
+    values: ValueCheck | None = None  # the sampled keys' predictions against their full histories
 
     @property
     def duplicates(self) -> int:
@@ -129,10 +131,16 @@ def _sum(readings: list[Reading], name: str) -> float:
 
 
 def drain(
-    bench: BenchKafka, launcher: Launcher, data: DrainInput, workers: int = 1, tag: str | None = None
+    bench: BenchKafka,
+    launcher: Launcher,
+    data: DrainInput,
+    workers: int = 1,
+    tag: str | None = None,
+    expected: Expected | None = None,
 ) -> DrainResult:
     """`workers` worker processes in a fresh group drain `data` from the beginning; `tag` names the
-    drain's topics and group (default `drain<workers>`), one per drain of the run."""
+    drain's topics and group (default `drain<workers>`), one per drain of the run; the predictions'
+    values checked against `expected` when given."""
     tag = tag or f"drain{workers}"
     output = bench.create_output(bench.name(f"{tag}-out"), data.partitions)
     state, dlq, group = bench.name(f"{tag}.state"), bench.name(f"{tag}.dlq"), bench.name(tag)
@@ -188,6 +196,7 @@ def drain(
         busy_s=busy,
         per_worker=[r.predicted for r in final],
         format=data.format,
+        values=None if expected is None else check_values(expected, predictions),
     )
     log.info(
         "drained workers=%d format=%s events=%d events_per_s=%.0f round_keys=%.1f cpu_cores=%.2f",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -39,12 +40,18 @@ def partition_of(key: bytes, partitions: int) -> int:
     return zlib.crc32(key) % partitions
 
 
+def event_values(events: int, keys: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Key index of each event in send order and its x [events, 4]: regenerated from `seed`, so a
+    drain's predictions can be checked without reading the input back."""
+    order = interleaving(events, keys, seed)
+    return order, np.random.default_rng(seed + 1).standard_normal((events, 4)).astype(np.float32)
+
+
 def encoded_events(events: int, keys: int, encode: EventEncoding, seed: int = 0) -> tuple[list[int], list[bytes]]:
     """Key index of each event in send order and its value: the same events (keys, x, order) for the
     same `seed` whatever format `encode` writes; no ts, so the worker takes the record's."""
-    order = interleaving(events, keys, seed).tolist()
-    x = np.random.default_rng(seed + 1).standard_normal((events, 4)).astype(np.float32)
-    return order, [encode(x[i], None, False, False) for i in range(events)]
+    order, x = event_values(events, keys, seed)
+    return order.tolist(), [encode(x[i], None, False, False) for i in range(events)]
 
 
 class FastProducer:
@@ -166,6 +173,7 @@ class BenchKafka:
         log_ms: list[int] = []
         ts: list[int] = []
         src: list[int] = []
+        y = array("d")  # every prediction's y, flat: no Python float object per value
         seen: set[int] = set()
         at_end: set[int] = set()
         deadline = time.monotonic() + timeout
@@ -192,10 +200,12 @@ class BenchKafka:
                     ts.append(prediction.ts)
                     where = (prediction.partition << 40) | prediction.offset
                     src.append(where)
+                    y.extend(prediction.y)
                     seen.add(where)
         finally:
             consumer.close()
-        return Predictions(np.array(log_ms, np.int64), np.array(ts, np.int64), np.array(src, np.int64))
+        values = np.frombuffer(y, np.float64).reshape(len(src), -1) if src else np.empty((0, 1))
+        return Predictions(np.array(log_ms, np.int64), np.array(ts, np.int64), np.array(src, np.int64), values)
 
 
 def _made_for(topic: str, name: str) -> bool:
@@ -206,11 +216,12 @@ def _made_for(topic: str, name: str) -> bool:
 
 @dataclass(frozen=True)
 class Predictions:
-    """Per prediction read back: broker append time (ms), the event's ts (ms), its source event."""
+    """Per prediction read back: broker append time (ms), the event's ts (ms), its source event, its y."""
 
     log_ms: np.ndarray
     event_ts: np.ndarray
     src: np.ndarray  # partition << 40 | offset
+    y: np.ndarray  # [predictions, outputs]
 
     @property
     def count(self) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from bench.check import Expected, ValueCheck, check_values
 from bench.drain import DrainInput
 from bench.kafka_io import BenchError, BenchKafka
 from bench.peer_step import PeerModel, lstm_kernel
@@ -185,6 +186,7 @@ class PeerDrainResult:
     events_per_s: float  # distinct / (last - first log-append time)
     seconds: float  # first to last prediction
     cpu_cores: float  # the peer's CPU seconds per wall second, start to all committed
+    values: ValueCheck | None = None  # the sampled keys' predictions against their full histories
 
     @property
     def duplicates(self) -> int:
@@ -195,8 +197,11 @@ class PeerDrainResult:
         return self.events - self.distinct
 
 
-def peer_drain(bench: BenchKafka, launcher: PeerLauncher, data: DrainInput) -> PeerDrainResult:
-    """A fresh peer, group and output topic drain `data` (msgpack) from the beginning."""
+def peer_drain(
+    bench: BenchKafka, launcher: PeerLauncher, data: DrainInput, expected: Expected | None = None
+) -> PeerDrainResult:
+    """A fresh peer, group and output topic drain `data` (msgpack) from the beginning; the predictions'
+    values checked against `expected` when given, as the worker's drains are."""
     output = bench.create_output(bench.name("peer-drain-out"), data.partitions)
     peer = launcher.start("peer-drain", data.topic, output, bench.name("peer-drain"))
     try:
@@ -212,6 +217,7 @@ def peer_drain(bench: BenchKafka, launcher: PeerLauncher, data: DrainInput) -> P
         events_per_s(predictions.distinct, predictions.first_ms, predictions.last_ms),
         (predictions.last_ms - predictions.first_ms) / 1000.0,
         cpu,
+        None if expected is None else check_values(expected, predictions),
     )
     log.info("peer drained events=%d events_per_s=%.0f cpu_cores=%.2f", result.distinct, result.events_per_s, cpu)
     return result

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from bench.check import SAMPLE_KEYS, TOLERANCE
 from bench.drain import DrainResult
 from bench.latency import LOW_LOAD_SHARE, PRODUCER_LINGER_MS, SUSTAINED_SHARE, LatencyResult
 from bench.results import BenchResults, msgpack_rate, targets
@@ -106,6 +107,7 @@ def drain_section(r: BenchResults) -> list[str]:
     lines += table(["measure", "value"], [*_drain_rows(d), *_yardstick_rows(r), _ratio_row(d, kernel)], (1,))
     lines += _format_lines(r)
     lines += _peer_lines(r)
+    lines += _value_lines(r)
     lines += ["", "Share of the worker loop's time per phase:", ""]
     lines += _phase_table({"one worker": d.busy_s} | ({"two workers": r.scaling.busy_s} if r.scaling else {}))
     lines += _plot(r, "phases", "share of the loop's time per phase")
@@ -179,6 +181,26 @@ def _peer_lines(r: BenchResults) -> list[str]:
         ("the msgpack drains' mean / the peer's", f"{baseline / p.events_per_s:.2f}x"),
     ]
     return lines + table(["measure", "the peer"], rows, (1,))
+
+
+def _value_lines(r: BenchResults) -> list[str]:
+    """Per drain of the run, its sampled predictions against the full history (bench/check.py)."""
+    runs = r.format_runs
+    drains = [(_format_name(d.format, d.format in {e.format for e in runs[:i]}), d.values) for i, d in enumerate(runs)]
+    drains += [("the Quix Streams peer", r.peer_drain.values)] if r.peer_drain else []
+    drains += [("two workers (section 6)", r.scaling.values)] if r.scaling else []
+    rows = [(name, values.summary().replace("|", "\\|")) for name, values in drains if values is not None]
+    if not rows:
+        return []
+    lines = [
+        "",
+        f"Each drain's predictions of the same {SAMPLE_KEYS} keys (chosen by a seeded rng, every event of each)",
+        "checked against the reference model on each prefix of their full histories (worker/verify.py's",
+        f"computation, one model call per prefix length), within {TOLERANCE:g}; a wrong or a missing one fails",
+        "the drain's part, and its figures do not count:",
+        "",
+    ]
+    return lines + table(["drain", "values"], rows)
 
 
 def _format_name(fmt: str, again: bool = False) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from bench.check import require, value_sample
 from bench.drain import DrainInput, DrainResult, Registry, drain, planned_formats, preload
 from bench.kafka_io import BenchError, BenchKafka
 from bench.latency import LOW_LOAD_SHARE, latency
@@ -178,21 +179,22 @@ def kafka_parts(results: BenchResults, options: BenchOptions, kafka: KafkaConfig
         log.info("bench: part 3, pre-loading %d events over %d keys", options.drain_events, options.drain_keys)
         data = preload(bench, options.drain_events, options.drain_keys, options.partitions)
         results.drain_input = data.produced
+        expected = value_sample(model_path, options.drain_events, options.drain_keys, options.partitions)
 
         def one() -> None:
             from bench.kernel import time_near_drain
 
-            results.drain = _checked(drain(bench, launcher, data, workers=1))
+            results.drain = _checked(drain(bench, launcher, data, workers=1, expected=expected))
             results.near_drain = time_near_drain(
                 results.drain.round_keys, results.kernel.backend, options.min_seconds, options.events
             )
 
         def drain_as(fmt: Format) -> None:
             source = data if fmt == "msgpack" else _preload_as(fmt, data, bench, options.schema_registry_url)
-            results.formats.append(_checked(drain(bench, launcher, source, tag=f"drain-{fmt}")))
+            results.formats.append(_checked(drain(bench, launcher, source, tag=f"drain-{fmt}", expected=expected)))
 
         def two() -> None:
-            results.scaling = _checked(drain(bench, launcher, data, workers=2))
+            results.scaling = _checked(drain(bench, launcher, data, workers=2, expected=expected))
 
         def load() -> None:
             if results.drain is None:
@@ -217,7 +219,9 @@ def kafka_parts(results: BenchResults, options: BenchOptions, kafka: KafkaConfig
 
         def peer() -> None:
             if peers is not None:
-                results.peer_drain = peer_drain(bench, peers, data)
+                drained = peer_drain(bench, peers, data, expected)
+                require(drained.values, "the peer's drain")
+                results.peer_drain = drained
 
         def against_peer() -> None:
             if peers is not None:
@@ -253,10 +257,12 @@ def _preload_as(fmt: Format, data: DrainInput, bench: BenchKafka, registry_url: 
 
 
 def _checked(result: DrainResult) -> DrainResult:
+    """The drain, when its sampled values are right (else BenchError: its figure does not count)."""
     if result.missing:
         log.warning(
             "drain workers=%d format=%s: %d events without a prediction", result.workers, result.format, result.missing
         )
+    require(result.values, f"the {result.format} drain by {result.workers} worker(s)")
     return result
 
 

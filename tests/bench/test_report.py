@@ -361,3 +361,19 @@ def test_a_worker_that_alone_falls_behind_misses_and_a_missing_peer_is_said():
     text = render(r)
     assert f"The Quix Streams peer did not run: {NO_PEER}." in text and "## 4b." not in text
     assert np.isnan(measures(r)["drain_vs_peer"])
+
+
+def test_each_drains_sampled_values_are_stated_and_a_drain_without_a_check_is_left_out():
+    from bench.check import ValueCheck
+
+    r = with_peer()
+    check = ValueCheck(events=6400, keys=64, missing=0, wrong=0, max_abs_diff=1.2e-7)
+    r.drain, r.scaling = (dataclasses.replace(d, values=check) for d in (r.drain, r.scaling))
+    r.formats[0] = dataclasses.replace(r.formats[0], values=check)
+    r.peer_drain = dataclasses.replace(r.peer_drain, values=check)
+    text = render(r)
+    cell = "values checked: 6,400 events of 64 keys, max \\|diff\\| 1.2e-07 |"
+    for name in ("msgpack", "JSON", "the Quix Streams peer", "two workers (section 6)"):
+        assert f"| {name} | {cell}" in text
+    assert "| Avro | values" not in text and "| msgpack (again) | values" not in text
+    assert "Each drain's predictions" not in render(full())  # no drain checked: no such paragraph

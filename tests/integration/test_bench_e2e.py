@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.check import SAMPLE_KEYS, TOLERANCE, value_sample
 from bench.drain import drain, preload
 from bench.kafka_io import BenchError, BenchKafka
 from bench.kernel import KernelResult, Timing
@@ -37,7 +38,8 @@ def test_drain_latency_and_state_measure_real_workers(broker: str, tmp_path: Pat
         data = preload(bench, EVENTS, KEYS, PARTITIONS)
         with pytest.raises(BenchError, match="created before in this run"):  # no part reads another's records
             bench.create(data.topic, PARTITIONS)
-        one = drain(bench, launcher, data, workers=1)
+        expected = value_sample(model, EVENTS, KEYS, PARTITIONS)
+        one = drain(bench, launcher, data, workers=1, expected=expected)
         lat = latency(
             bench, launcher, rate=2000, seconds=4, keys=KEYS, partitions=PARTITIONS, warmup_s=1, generator_nice=5
         )
@@ -48,6 +50,9 @@ def test_drain_latency_and_state_measure_real_workers(broker: str, tmp_path: Pat
 
     assert data.produced.records == EVENTS
     assert (one.distinct, one.missing, one.duplicates) == (EVENTS, 0, 0)  # every event predicted once
+    sampled = SAMPLE_KEYS * EVENTS // KEYS  # every event of each sampled key
+    assert one.values is not None and one.values.ok and (one.values.events, one.values.keys) == (sampled, SAMPLE_KEYS)
+    assert one.values.max_abs_diff <= TOLERANCE and one.values.seconds < 5
     assert one.events_per_s > 0 and one.seconds > 0 and one.rounds > 0
     assert 1 <= one.round_keys <= 256 and one.round_steps >= 1
     assert one.cpu_cores > 0 and one.busy_s["step"] > 0 and one.busy_s["poll"] > 0
@@ -75,6 +80,7 @@ def test_drain_latency_and_state_measure_real_workers(broker: str, tmp_path: Pat
     )
     text = render(BenchResults("bench", "today", "here", "0", kernel, data.produced, one, None, lat, st))
     assert "## 3. End-to-end drain" in text and "## 5. State" in text and "## 6." not in text
+    assert f"| msgpack | values checked: {sampled:,} events of {SAMPLE_KEYS} keys, max \\|diff\\| " in text
 
 
 def test_the_quix_streams_peer_drains_and_serves_a_paced_load(broker: str, tmp_path: Path):
@@ -86,12 +92,13 @@ def test_the_quix_streams_peer_drains_and_serves_a_paced_load(broker: str, tmp_p
     peers = PeerLauncher(bench.kafka, str(REPO / PEER_PYTHON), export_weights(model, tmp_path / "m.npz"), tmp_path)
     try:
         data = preload(bench, 5_000, KEYS, PARTITIONS)
-        drained = peer_drain(bench, peers, data)
+        drained = peer_drain(bench, peers, data, value_sample(model, 5_000, KEYS, PARTITIONS))
         lat = latency(bench, peers, 500, 3, KEYS, PARTITIONS, warmup_s=1, name="peer-latency", catch_up_s=15)
     finally:
         peers.stop_all()
         bench.delete_all()
     assert (drained.distinct, drained.missing, drained.duplicates) == (5_000, 0, 0)
     assert drained.events_per_s > 0 and drained.cpu_cores > 0
+    assert drained.values is not None and drained.values.ok and drained.values.events == SAMPLE_KEYS * 5_000 // KEYS
     assert lat.caught_up and lat.sustained and lat.distinct == lat.sent > 1_500
     assert 0 < lat.quantiles[50.0] <= lat.quantiles[99.0]
