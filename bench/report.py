@@ -170,8 +170,8 @@ def _peer_lines(r: BenchResults) -> list[str]:
         "a fresh application in a fresh group: one message at a time, each key's state in its RocksDB",
         "state store, one NumPy step per message, the worker's prediction format; its settings in",
         "bench/peer.py. Events/s the same way, from its predictions' log-append times, and its predictions",
-        "counted as the worker's are (one per event, by `src`); their values are checked against the",
-        "full history by tests/integration/test_peer_e2e.py:",
+        "counted as the worker's are (one per event, by `src`) and a sample of their values checked",
+        "against the full history as the worker's are (below):",
         "",
     ]
     rows = [
