@@ -76,8 +76,25 @@ class DrainInput:
         return prediction_decoder(self.format, output, self.registry.client if self.registry else None)
 
 
+class Counted:
+    """A drain's prediction counts: its dataclass gives events, predictions (records in the output
+    topic) and distinct (events with at least one prediction)."""
+
+    events: int
+    predictions: int
+    distinct: int
+
+    @property
+    def duplicates(self) -> int:
+        return self.predictions - self.distinct
+
+    @property
+    def missing(self) -> int:
+        return self.events - self.distinct
+
+
 @dataclass(frozen=True)
-class DrainResult:
+class DrainResult(Counted):
     workers: int
     events: int
     keys: int
@@ -98,14 +115,6 @@ class DrainResult:
     per_worker: list[int] = field(default_factory=list)  # predictions of each worker
     format: Format = "msgpack"  # of the input and the output topic
     values: ValueCheck | None = None  # the sampled keys' predictions against their full histories
-
-    @property
-    def duplicates(self) -> int:
-        return self.predictions - self.distinct
-
-    @property
-    def missing(self) -> int:
-        return self.events - self.distinct
 
 
 def preload(

@@ -20,7 +20,7 @@ from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from bench.check import Expected, ValueCheck, check_values
-from bench.drain import DrainInput
+from bench.drain import Counted, DrainInput
 from bench.kafka_io import BenchError, BenchKafka
 from bench.peer_step import PeerModel, lstm_kernel
 from bench.process import BehindError, terminate
@@ -179,7 +179,7 @@ class PeerLauncher:
 
 
 @dataclass(frozen=True)
-class PeerDrainResult:
+class PeerDrainResult(Counted):
     events: int
     predictions: int  # records in the output topic
     distinct: int  # events with at least one prediction
@@ -187,14 +187,6 @@ class PeerDrainResult:
     seconds: float  # first to last prediction
     cpu_cores: float  # the peer's CPU seconds per wall second, start to all committed
     values: ValueCheck | None = None  # the sampled keys' predictions against their full histories
-
-    @property
-    def duplicates(self) -> int:
-        return self.predictions - self.distinct
-
-    @property
-    def missing(self) -> int:
-        return self.events - self.distinct
 
 
 def peer_drain(
