@@ -23,7 +23,7 @@ from bench.check import Expected, ValueCheck, check_values
 from bench.drain import Counted, DrainInput
 from bench.kafka_io import BenchError, BenchKafka
 from bench.peer_step import PeerModel, lstm_kernel
-from bench.process import BehindError, terminate
+from bench.process import BehindError, Processes, terminate
 from bench.scrape import cpu_seconds
 from bench.stats import events_per_s
 from worker.config import KafkaConfig
@@ -133,15 +133,15 @@ class PeerProcess:
         self._log.close()
 
 
-class PeerLauncher:
+class PeerLauncher(Processes[PeerProcess]):
     """Starts peers of the reference model's weights against the benchmark's cluster."""
 
     def __init__(self, kafka: KafkaConfig, python: str, weights: Path, workdir: Path) -> None:
+        super().__init__()
         # absolute: the peer runs in the repository, for `-m bench.peer`, wherever the benchmark does
         self.python, self.weights, self.workdir = str(Path(python).absolute()), weights.absolute(), workdir.absolute()
         self.kafka = kafka
         self.admin = AdminClient(kafka.admin())
-        self.running: list[PeerProcess] = []
 
     def start(self, name: str, input_topic: str, output_topic: str, group: str) -> PeerProcess:
         """As `Launcher.start`: a peer in group `group` from `input_topic` to `output_topic`."""
@@ -167,15 +167,6 @@ class PeerLauncher:
         self.running.append(peer)
         log.info("started peer=%s pid=%d input=%s", name, peer.pid, input_topic)
         return peer
-
-    def stop(self, *peers: PeerProcess) -> None:
-        for peer in peers:
-            peer.stop()
-            if peer in self.running:
-                self.running.remove(peer)
-
-    def stop_all(self) -> None:
-        self.stop(*self.running)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 from bench.kafka_io import BenchError
 from bench.scrape import Samples, by_label, cpu_seconds, parse_metrics, rss_bytes, sample
@@ -127,14 +128,43 @@ def terminate(proc: subprocess.Popen, timeout: float, name: str) -> int:
         return -9
 
 
-class Launcher:
+class Started(Protocol):
+    proc: subprocess.Popen[bytes]
+
+    def stop(self, timeout: float = ...) -> object: ...
+
+
+Process = TypeVar("Process", bound=Started)
+
+
+class Processes(Generic[Process]):
+    """A launcher's processes not stopped yet, stopped together: SIGTERM to each at once, then
+    each waited for, so that a group's members leave it together."""
+
+    def __init__(self) -> None:
+        self.running: list[Process] = []
+
+    def stop(self, *processes: Process) -> None:
+        for process in processes:
+            if process.proc.poll() is None:
+                process.proc.terminate()
+        for process in processes:
+            process.stop()
+            if process in self.running:
+                self.running.remove(process)
+
+    def stop_all(self) -> None:
+        self.stop(*self.running)
+
+
+class Launcher(Processes[WorkerProcess]):
     """Starts workers of the reference model against the benchmark's cluster."""
 
     def __init__(self, kafka: KafkaConfig, model_path: Path, log_dir: Path) -> None:
+        super().__init__()
         self.kafka = kafka
         self.model_path = model_path
         self.log_dir = log_dir
-        self.running: list[WorkerProcess] = []
 
     def start(self, name: str, input_topic: str, output_topic: str, group: str, *extra: str) -> WorkerProcess:
         port = free_port()
@@ -164,19 +194,6 @@ class Launcher:
         self.running.append(worker)
         log.info("started worker=%s pid=%d input=%s", name, worker.pid, input_topic)
         return worker
-
-    def stop(self, *workers: WorkerProcess) -> None:
-        """SIGTERM to each (all of them at once), then wait for each."""
-        for worker in workers:
-            if worker.proc.poll() is None:
-                worker.proc.terminate()
-        for worker in workers:
-            worker.stop()
-            if worker in self.running:
-                self.running.remove(worker)
-
-    def stop_all(self) -> None:
-        self.stop(*self.running)
 
 
 def wait_predicted(

@@ -72,8 +72,8 @@ TARGETS: tuple[Goal, ...] = (
 # The Quix Streams peer (bench/peer.py) against the worker in the same run: its drain of the same
 # topic, and the same paced stream served by each at these rates (bench/versus.py).
 VERSUS_RATES = (5_000, 10_000)
-# p99 at LATENCY_LOAD_SHARE in events the drain serves meanwhile (p99 x the drain's events/s): a
-# faster drain doubles the load too. The limit is BENCHMARKS.md's at commit dc10f99: 95 ms x 56,054/s.
+# p99 at LATENCY_LOAD_SHARE in events the drain serves meanwhile (p99 x the drain's events/s); where
+# the limit comes from: docs/performance.md, "Latency"
 P99_DRAIN_EVENTS = 5_325
 TARGETS += (
     Goal("drain_vs_peer", "drain {limit} the Quix Streams peer's", 7, unit="x"),

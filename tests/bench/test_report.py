@@ -326,7 +326,7 @@ def with_peer() -> BenchResults:
     r.versus = [
         # at 5,000: both keep up, the worker's p50 a half and its p99 twice the peer's
         Versus(5000, paced(5000, 4990, np.arange(1.0, 101.0)), paced(5000, 5001, np.arange(2.0, 202.0, 2) / 4)),
-        # at 10,000: the peer serves 80% of the rate: no latency of it there
+        # at 10,000: the peer serves under SUSTAINED_SHARE of the rate: no latency of it there
         Versus(10_000, paced(10_000, 9990, np.arange(1.0, 101.0)), paced(10_000, 8000, np.arange(1.0, 101.0))),
     ]
     return r
