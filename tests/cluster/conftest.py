@@ -6,8 +6,10 @@ a network fault (tests/cluster/netfault.py)."""
 
 from __future__ import annotations
 
+import random
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -25,14 +27,20 @@ from tests.integration.conftest import (  # noqa: F401 (fixtures used here, by n
 SUBNET = free_subnet()  # the namespace's /30: the brokers advertise its host end (198.18.0.1 unless taken)
 
 
+def _ephemeral_range() -> range:
+    """The kernel's source ports for outgoing connections: a port picked there may be taken by
+    any client's connection before the broker's JVM binds it, seconds later."""
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    return range(low, high + 1)
+
+
 def _free_run(count: int, exclude: frozenset[int] | set[int] = frozenset()) -> int:
-    """A port p with p..p+count-1 free on 127.0.0.1 (and none of them in `exclude`)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
+    """A port p with p..p+count-1 free on 127.0.0.1, below the ephemeral range (none of them in
+    `exclude`), so that no outgoing connection takes one before the brokers bind them."""
+    ephemeral = _ephemeral_range()
+    for base in random.Random().sample(range(10_000, ephemeral.start - count), 200):
         ports = range(base, base + count)
-        if base + count > 65535 or exclude.intersection(ports):
+        if exclude.intersection(ports):
             continue
         held = []
         try:
@@ -46,7 +54,7 @@ def _free_run(count: int, exclude: frozenset[int] | set[int] = frozenset()) -> i
             for s in held:
                 s.close()
         return base
-    raise RuntimeError(f"no {count} consecutive free ports found")
+    raise RuntimeError(f"no {count} consecutive free ports found below {ephemeral.start}")
 
 
 @pytest.fixture(scope="session")
