@@ -109,7 +109,14 @@ class Worker:
             config.prediction_format, model.output_dim, fingerprint, config.output_topic, registry
         )
         self.rounds = RoundRunner(
-            model, self.store, config.output_topic, config.state_topic, encoder, metrics, self.clock
+            model,
+            self.store,
+            config.output_topic,
+            config.state_topic,
+            encoder,
+            metrics,
+            self.clock,
+            overlap=config.step_overlap == "on",
         )
         self._next_expiry = 0.0
         self._stopping = False
@@ -159,6 +166,8 @@ class Worker:
                 clock.lap("decode")
                 if batcher.ready(caught_up=len(msgs) < cfg.poll_batch):
                     self._run_round()
+                else:  # with nothing new to run, the round in flight's predictions leave as soon as it is done
+                    self.rounds.collect(self.commits.producer, wait=not msgs)
                 self.commits.producer.poll()
                 self.commits.between_rounds()
                 clock.lap("produce")
@@ -176,6 +185,7 @@ class Worker:
             self.commits.failed()
             raise
         finally:
+            self.rounds.close()
             if self._restore_job is not None:
                 with guard("restore reader close", _CLOSE_LIMIT_S):
                     self._restore_job.close()
@@ -191,7 +201,7 @@ class Worker:
         record only: a round never waits for more events (docs/performance.md, "Latency at light load")."""
         batch = self.config.poll_batch
         msgs = self.consumer.consume(num_messages=batch, timeout=0)
-        if msgs or self._restoring or len(self.batcher):  # a restore slice or a round is waiting
+        if msgs or self._restoring or len(self.batcher) or self.rounds.in_flight:  # other work is waiting
             return msgs
         msgs = self.consumer.consume(num_messages=1, timeout=_IDLE_WAIT_S)
         if msgs:
@@ -213,6 +223,7 @@ class Worker:
 
     def _advance_restore(self) -> None:
         """One slice of the restore; partitions restored to the end resume."""
+        self.rounds.finish(self.commits.producer)  # no restore beside a step in flight
         if self._restore_job is None:
             self._restore_job = Restore(
                 self.store, self._restore_reader, sorted(self._restoring), self.metrics, self.commits.stable_offsets
@@ -240,6 +251,7 @@ class Worker:
 
     def _drop(self, partitions: set[int]) -> None:
         """Forget the partitions' in-memory state and pending events."""
+        self.rounds.finish(self.commits.producer)  # a round in flight may hold their keys' rows
         for p in partitions:
             self.batcher.drop_partition(p)
             self.store.forget(p)
@@ -332,6 +344,7 @@ class Worker:
 
     def _run_round(self) -> None:
         if self.store.cache.room() < self.batcher.max_keys:  # make room: dirty states written, durable
+            self.rounds.finish(self.commits.producer)
             self.commits.make_room()
             self.clock.lap("commit")
         self.rounds.run(self.batcher.take(), self.commits.producer)
@@ -341,6 +354,7 @@ class Worker:
     def _commit_point(self, wait: bool = False) -> None:
         """Predictions, then states, then offsets; `wait` when the partitions are about to go."""
         started = time.perf_counter()
+        self.rounds.finish(self.commits.producer)  # every round's predictions and states, before they commit
         self.commits.commit_point(wait)
         self._expire_idle()
         self._update_gauges()

@@ -24,6 +24,7 @@ from worker.options import (
     Format,
     Guarantee,
     OnModelMismatch,
+    OnOff,
 )
 
 _LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
@@ -239,6 +240,7 @@ class RunConfig:
     features: int = RUN["features"].default  # what producers send; 0: whatever the model takes
     backend: Backend = RUN["backend"].default
     step_threads: int = RUN["step_threads"].default  # read by worker/cli.py before NumPy loads
+    step_overlap: OnOff = RUN["step_overlap"].default
     shutdown_timeout_s: float = RUN["shutdown_timeout_s"].default
     replication_factor: int = RUN["replication_factor"].default  # of the topics the worker creates
     input_format: Format = RUN["input_format"].default

@@ -28,6 +28,7 @@ Cell = Literal["lstm", "gru", "simple"]
 XFormat = Literal["bytes", "list"]
 # the values of input and output topics (docs/wire-format.md); the state topic is always msgpack
 Format = Literal["msgpack", "json", "avro"]
+OnOff = Literal["on", "off"]
 
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
 
@@ -236,6 +237,15 @@ RUN_OPTIONS = (
         minimum=1,
         details="one fits a pod of one or two cores, whose other core serves librdkafka's threads "
         '(docs/performance.md, "Step threads")',
+    ),
+    Option(
+        "--step-overlap",
+        OnOff,
+        "on",
+        "on: each round's model step runs on a thread of its own, beside the loop's polling, decoding "
+        "and producing; off: on the loop's thread",
+        details="the step releases the GIL (BLAS, the fused kernel), so a second core takes it while the "
+        'loop serves Kafka; off for a pod of one core (docs/performance.md, "Step overlap")',
     ),
     Option("--max-event-bytes", int, 1_048_576, "larger events go to the dead-letter topic (too_large)", minimum=1),
     Option("--poll-batch", int, 4096, "records per consume() call", minimum=1),
