@@ -8,18 +8,24 @@ compiles and a restart loads the machine code. Arrays are C-contiguous and rows 
 whole (z[r, gate] is a row of `units`): the inner loops then vectorize.
 
 Rows at or past `rows`, or masked at step t, keep their state and output their h (or zeros with
-zero_output_for_mask), as keras does at a masked step.
+zero_output_for_mask), as keras does at a masked step. The *_layer loops run every step of a
+layer, the products by the sgemm of NumPy's OpenBLAS, so that a round's step holds no GIL
+within a layer.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import llvmlite.binding
 import numba
 import numpy as np
+from numba import types
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +60,31 @@ _B0, _B2, _B4, _B6 = (
     _F(1.18534705686654e-04),
     _F(1.19825839466702e-06),
 )
+
+
+def _numpy_sgemm() -> str:
+    """The name of cblas_sgemm in the OpenBLAS NumPy's wheel bundles (the library NumPy's own
+    products run on), made known to numba's linker: the layer loops call it without the GIL, and
+    by name, so that they stay cacheable (an address would be compiled into the code)."""
+    libs = Path(np.__file__).resolve().parent.parent / "numpy.libs"
+    for path in sorted(libs.glob("libscipy_openblas64_*.so")):
+        name = "scipy_cblas_sgemm64_"
+        address = ctypes.cast(getattr(ctypes.CDLL(str(path)), name), ctypes.c_void_p).value
+        llvmlite.binding.add_symbol(name, address)
+        return name
+    raise ImportError(f"the OpenBLAS of NumPy's wheel (libscipy_openblas64_*.so) is not in {libs}")
+
+
+_FLOATS = types.CPointer(types.float32)
+_I8 = types.int64
+_SGEMM: Any = types.ExternalFunction(
+    _numpy_sgemm(),
+    types.void(
+        types.int32, types.int32, types.int32, _I8, _I8, _I8, types.float32, _FLOATS, _I8, _FLOATS, _I8,
+        types.float32, _FLOATS, _I8,
+    ),
+)  # fmt: skip
+_ROW_MAJOR, _NO_TRANS = np.int32(101), np.int32(111)  # CBLAS_ORDER, CBLAS_TRANSPOSE
 
 
 def _kernel(signature: str) -> Callable[[Callable[..., Any]], Any]:
@@ -250,3 +281,68 @@ def gru_reset_update(
                 _reset_update_row(xw[r], rhu[r], bias, h, out[r, t], act)
         else:
             _kept(out[r, t], h, zero_output)
+
+
+@numba.njit(inline="always")
+def _product(a: Any, col: int, width: int, rows: int, b: Any, c: Any) -> None:
+    """c[:rows] = a[:rows, col:col + width] @ b, by BLAS (row major: a's rows are whole rows of a)."""
+    if rows == 0 or b.shape[1] == 0:
+        return
+    n = b.shape[1]
+    _SGEMM(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, rows, n, width, _ONE, a[:, col:].ctypes, a.shape[1], b.ctypes, n, _ZERO,
+           c.ctypes, c.shape[1])  # fmt: skip
+
+
+@_kernel(
+    "void(f4[:, :, ::1], i8[::1], b1[:, ::1], f4[:, ::1], f4[:, ::1], b1, f4[:, ::1], f4[:, ::1], f4[:, ::1],"
+    " f4[:, :, ::1], i8, i8)"
+)
+def lstm_layer(
+    x: Any, rows: Any, mask: Any, kernel: Any, bias: Any, zero_output: bool, xh: Any, c: Any, z: Any, out: Any,
+    act: int, rec: int,
+) -> None:  # fmt: skip
+    """Every step of an LSTM layer: per step t, [x_t, h] @ [W; U] of the first rows[t] rows, then
+    the cells. xh holds h in its last columns and c the cell state, both updated in place."""
+    features, n = x.shape[2], c.shape[1]
+    z3 = z.reshape((z.shape[0], 4, n))
+    for t in range(x.shape[1]):
+        xh[: rows[t], :features] = x[: rows[t], t]
+        _product(xh, 0, xh.shape[1], rows[t], kernel, z)
+        lstm_cells(z3, bias, rows[t], mask, t, zero_output, xh, c, out, act, rec)
+
+
+@_kernel("void(f4[:, :, ::1], i8[::1], b1[:, ::1], f4[:, ::1], f4[::1], b1, f4[:, ::1], f4[:, ::1], f4[:, :, ::1], i8)")
+def simple_layer(
+    x: Any, rows: Any, mask: Any, kernel: Any, bias: Any, zero_output: bool, xh: Any, z: Any, out: Any, act: int
+) -> None:
+    """Every step of a SimpleRNN layer, as lstm_layer's."""
+    features = x.shape[2]
+    for t in range(x.shape[1]):
+        xh[: rows[t], :features] = x[: rows[t], t]
+        _product(xh, 0, xh.shape[1], rows[t], kernel, z)
+        simple_cells(z, bias, rows[t], mask, t, zero_output, xh, out, act)
+
+
+@_kernel(
+    "void(f4[:, :, ::1], i8[::1], b1[:, ::1], f4[:, ::1], f4[:, ::1], f4[:, ::1], f4[:, ::1], f4[:, ::1], b1, b1,"
+    " f4[:, ::1], f4[:, ::1], f4[:, ::1], f4[:, ::1], f4[:, ::1], f4[:, :, ::1], i8, i8)"
+)
+def gru_layer(
+    x: Any, rows: Any, mask: Any, kernel: Any, recurrent: Any, candidate: Any, bias: Any, rec_bias: Any,
+    reset_after: bool, zero_output: bool, xh: Any, xw: Any, hu: Any, rh: Any, rhu: Any, out: Any, act: int, rec: int,
+) -> None:  # fmt: skip
+    """Every step of a GRU layer: x_t @ W and h @ U, and with reset_after=False (r * h) @ U_h
+    between the gates and the update; h in xh's last columns, updated in place."""
+    features, n = x.shape[2], rh.shape[1]
+    xw3 = xw.reshape((xw.shape[0], 3, n))
+    hu3 = hu.reshape((hu.shape[0], hu.shape[1] // n, n))
+    for t in range(x.shape[1]):
+        xh[: rows[t], :features] = x[: rows[t], t]
+        _product(xh, 0, features, rows[t], kernel, xw)
+        _product(xh, features, n, rows[t], recurrent, hu)
+        if reset_after:
+            gru_cells(xw3, hu3, bias, rec_bias, rows[t], mask, t, zero_output, xh, out, act, rec)
+        else:
+            gru_reset_gates(xw3, hu3, bias, rows[t], xh, rh, rec)
+            _product(rh, 0, n, rows[t], candidate, rhu)
+            gru_reset_update(xw3, rhu, bias, rows[t], mask, t, zero_output, xh, out, act)

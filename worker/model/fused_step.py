@@ -1,11 +1,11 @@
 """The twin's step with each recurrent cell fused: the products by BLAS, the rest in one pass.
 
 Per layer and step, [x, h] @ [W; U] (GRU: x @ W and h @ U) is one BLAS product into a buffer
-kept across calls, and one compiled loop (worker/model/fused_kernels.py) applies the gates,
-the activations and the state update, writing the new state and the output once
-(docs/performance.md, "Fused step"). Per-step layers, the masking and the rows' order are
-NumpyStep's. A cell activation without an element-wise form (softmax) raises NoFusedFormError;
-the twin then serves with NumpyStep.
+kept across calls, and one compiled loop applies the gates, the activations and the state
+update, writing the new state and the output once; a layer's steps are one compiled call
+without the GIL (worker/model/fused_kernels.py; docs/performance.md, "Fused step"). Per-step
+layers, the masking and the rows' order are NumpyStep's. A cell activation without an
+element-wise form (softmax) raises NoFusedFormError; the twin then serves with NumpyStep.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class _FusedRecurrent:
         self.reset_after = self.gru and bool(cell.reset_after)
         width = kernel.shape[1]  # blocks of keras' column order: LSTM i, f, g, o; GRU z, r, h
         bias = _array(cell.bias) if cell.use_bias else np.zeros((2, width) if self.reset_after else width, np.float32)
+        self.rec_bias = np.zeros((3, n), np.float32)  # GRU(reset_after)'s only
         if self.reset_after:  # the recurrent bias is inside r * (h @ U + b_rec): a bias of its own
             bias, self.rec_bias = bias[0], np.ascontiguousarray(bias[1].reshape(-1, n))
         self.bias = np.ascontiguousarray(bias.reshape(-1, n))
@@ -69,54 +70,36 @@ class _FusedRecurrent:
 
     def run(self, x: Array, mask: Array, states: list[Array]) -> tuple[Array, list[Array]]:
         """Outputs [B, T, units] and the states after each row's last valid step, as
-        NumpyStep's layers give them: masked or padded steps keep the state."""
+        NumpyStep's layers give them: masked or padded steps keep the state. Every step in
+        one compiled call, which holds no GIL."""
         batch, steps = mask.shape
         features, n = x.shape[2], self.units
         out = np.empty((batch, steps, n), np.float32)
-        # [x, h] and c are scratch kept across calls (no fresh pages per round): the states
-        # returned are views of them, which NumpyStep copies out before the next call
+        # [x, h], c and the products are scratch kept across calls (no fresh pages per round): the
+        # states returned are views of them, which NumpyStep copies out before the next call
         xh = self._buffer("xh", batch, features + n)[:batch]
         xh[:, features:] = states[0]
-        c = None
+        x, mask = np.ascontiguousarray(x, np.float32), np.ascontiguousarray(mask)
+        prefix = _prefix_rows(mask)  # per step, how many rows (the first ones) have an event
+        rows = np.array(prefix if prefix is not None else [batch] * steps, np.int64)
+        width = self.kernel.shape[1]
         if self.kind == "LSTM":
             c = self._buffer("c", batch, n)[:batch]
             c[:] = states[1]
-        mask = np.ascontiguousarray(mask)
-        prefix = _prefix_rows(mask)
-        for t in range(steps):
-            rows = prefix[t] if prefix is not None else batch
-            xh[:rows, :features] = x[:rows, t]
-            self._step(xh, c, rows, mask, t, out)
-        h = xh[:, features:]
-        return out, [h, c] if c is not None else [h]
-
-    def _step(self, xh: Array, c: Array | None, rows: int, mask: Array, t: int, out: Array) -> None:
-        n, batch = self.units, len(xh)
+            z = self._buffer("z", batch, width)[:batch]
+            k.lstm_layer(x, rows, mask, self.kernel, self.bias, self.zero_output, xh, c, z, out, self.act, self.rec)
+            return out, [xh[:, features:], c]
         if not self.gru:
-            z = self._buffer("z", batch, self.kernel.shape[1])
-            np.matmul(xh[:rows], self.kernel, out=z[:rows])
-            if c is not None:
-                k.lstm_cells(
-                    z.reshape(-1, 4, n), self.bias, rows, mask, t, self.zero_output, xh, c, out, self.act, self.rec
-                )
-            else:
-                k.simple_cells(z, self.bias[0], rows, mask, t, self.zero_output, xh, out, self.act)
-            return
-        features = xh.shape[1] - n
-        xw = self._buffer("xw", batch, 3 * n)
-        hu = self._buffer("hu", batch, self.recurrent.shape[1])
-        np.matmul(xh[:rows, :features], self.kernel, out=xw[:rows])
-        np.matmul(xh[:rows, features:], self.recurrent, out=hu[:rows])
-        xw3, hu3 = xw.reshape(-1, 3, n), hu.reshape(len(hu), -1, n)
-        if self.reset_after:
-            k.gru_cells(
-                xw3, hu3, self.bias, self.rec_bias, rows, mask, t, self.zero_output, xh, out, self.act, self.rec
-            )
-            return
-        rh, rhu = self._buffer("rh", batch, n), self._buffer("rhu", batch, n)
-        k.gru_reset_gates(xw3, hu3, self.bias, rows, xh, rh, self.rec)
-        np.matmul(rh[:rows], self.candidate, out=rhu[:rows])
-        k.gru_reset_update(xw3, rhu, self.bias, rows, mask, t, self.zero_output, xh, out, self.act)
+            z = self._buffer("z", batch, width)[:batch]
+            k.simple_layer(x, rows, mask, self.kernel, self.bias[0], self.zero_output, xh, z, out, self.act)
+            return out, [xh[:, features:]]
+        k.gru_layer(
+            x, rows, mask, self.kernel, self.recurrent, self.candidate, self.bias, self.rec_bias,
+            self.reset_after, self.zero_output, xh,
+            self._buffer("xw", batch, 3 * n)[:batch], self._buffer("hu", batch, self.recurrent.shape[1])[:batch],
+            self._buffer("rh", batch, n)[:batch], self._buffer("rhu", batch, n)[:batch], out, self.act, self.rec,
+        )  # fmt: skip
+        return out, [xh[:, features:]]
 
 
 class FusedStep(NumpyStep):

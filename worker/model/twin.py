@@ -207,12 +207,14 @@ def _fused_step(stages: list[_Stage], backend: str) -> NumpyStep | None:
     """The fused kernel when asked for or when "auto" finds numba and a fused form of every layer."""
     if backend not in ("auto", "fused"):
         return None
-    try:  # numba is a dependency; the import fails only in a broken install (e.g. no llvmlite for the CPU)
+    # numba is a dependency: the import fails in a broken install (e.g. no llvmlite for the CPU), or
+    # where NumPy runs on a BLAS other than its wheel's OpenBLAS, whose sgemm the layer loops call
+    try:
         from worker.model.fused_step import FusedStep, NoFusedFormError
     except ImportError as exc:
         if backend == "fused":
-            raise ModelError(f"backend fused needs numba, which does not import: {exc}; use numpy") from exc
-        log.info("not serving with the fused step: numba does not import (%s)", exc)
+            raise ModelError(f"backend fused does not load: {exc}; use numpy") from exc
+        log.info("not serving with the fused step: it does not load (%s)", exc)
         return None
     try:
         return FusedStep([(stage.kind, stage.layer) for stage in stages])
