@@ -245,7 +245,7 @@ RUN_OPTIONS = (
         "on: each round's model step runs on a thread of its own, beside the loop's polling, decoding "
         "and producing; off: on the loop's thread",
         details="the step releases the GIL (BLAS, the fused kernel), so a second core takes it while the "
-        'loop serves Kafka; off for a pod of one core (docs/performance.md, "Step overlap")',
+        'loop serves Kafka; the default fits a pod of one or two cores (docs/performance.md, "Step overlap")',
     ),
     Option("--max-event-bytes", int, 1_048_576, "larger events go to the dead-letter topic (too_large)", minimum=1),
     Option("--poll-batch", int, 4096, "records per consume() call", minimum=1),
