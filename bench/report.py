@@ -110,8 +110,8 @@ def drain_section(r: BenchResults) -> list[str]:
     lines += _value_lines(r)
     lines += [
         "",
-        "Share of the worker loop's time per phase (the step runs on a thread of its own: `step` is the",
-        "loop's wait for it, the rest of the step overlaps the other phases):",
+        "Share of the worker loop's time per phase (with `--step-overlap on`, the default, the step runs on",
+        "a thread of its own: `step` is the loop's wait for it, the rest of the step overlaps the other phases):",
         "",
     ]
     lines += _phase_table({"one worker": d.busy_s} | ({"two workers": r.scaling.busy_s} if r.scaling else {}))

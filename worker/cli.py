@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
 log = logging.getLogger(__name__)
+_OVERLAP_SWITCH_INTERVAL_S = 5e-5  # seconds; the interpreter's default is 5e-3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -305,6 +306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The step's products on --step-threads BLAS threads, read when NumPy loads, which no import
     # above does (docs/performance.md, "Step threads"); a value below 1 is refused by RunConfig
     os.environ.setdefault("OPENBLAS_NUM_THREADS", str(getattr(args, "step_threads", 1)))
+    if getattr(args, "step_overlap", "off") == "on":
+        # the step's thread takes the GIL back between its layers: at the interpreter's default
+        # switch interval it waited for the loop's Python each time (docs/performance.md, "Step overlap")
+        sys.setswitchinterval(_OVERLAP_SWITCH_INTERVAL_S)
     try:
         return _COMMANDS[args.command](args)
     except WorkerError as exc:

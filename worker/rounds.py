@@ -9,7 +9,6 @@ the model is anything with a batched, masked, state-carrying `step`.
 
 from __future__ import annotations
 
-import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ from worker.kafka.output import OutputProducer
 from worker.metrics import Metrics, PhaseClock
 from worker.state.store import StateStore
 
-_SWITCH_INTERVAL_S = 5e-5
 Stepped = tuple[np.ndarray, np.ndarray, float]  # outputs, new states, the step's own seconds
 
 
@@ -81,10 +79,6 @@ class RoundRunner:
         self.encoder = encoder
         self.stream_time: dict[int, int] = {}  # partition -> newest event ts applied
         self._stepper = ThreadPoolExecutor(1, thread_name_prefix="step") if overlap else None
-        if overlap:
-            # the step thread takes the GIL back between its BLAS and kernel calls: the interpreter's
-            # default switch interval had it wait for the loop's Python (docs/performance.md, "Step overlap")
-            sys.setswitchinterval(_SWITCH_INTERVAL_S)
         self._flight: tuple[_Gathered, Future[Stepped]] | None = None
         self._landed: _Landed | None = None
 

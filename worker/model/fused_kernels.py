@@ -286,7 +286,7 @@ def gru_reset_update(
 @numba.njit(inline="always")
 def _product(a: Any, col: int, width: int, rows: int, b: Any, c: Any) -> None:
     """c[:rows] = a[:rows, col:col + width] @ b, by BLAS (row major: a's rows are whole rows of a)."""
-    if rows == 0 or b.shape[1] == 0:
+    if rows == 0:
         return
     n = b.shape[1]
     _SGEMM(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, rows, n, width, _ONE, a[:, col:].ctypes, a.shape[1], b.ctypes, n, _ZERO,

@@ -62,11 +62,11 @@ class _FusedRecurrent:
         self._scratch: dict[str, Array] = {}
 
     def _buffer(self, name: str, rows: int, width: int) -> Array:
-        """A scratch array of at least `rows` rows, kept across calls."""
+        """`rows` rows of a scratch array kept across calls (C-contiguous: whole rows)."""
         held = self._scratch.get(name)
         if held is None or len(held) < rows:
             held = self._scratch[name] = np.empty((rows, width), np.float32)
-        return held
+        return held[:rows]
 
     def run(self, x: Array, mask: Array, states: list[Array]) -> tuple[Array, list[Array]]:
         """Outputs [B, T, units] and the states after each row's last valid step, as
@@ -77,27 +77,26 @@ class _FusedRecurrent:
         out = np.empty((batch, steps, n), np.float32)
         # [x, h], c and the products are scratch kept across calls (no fresh pages per round): the
         # states returned are views of them, which NumpyStep copies out before the next call
-        xh = self._buffer("xh", batch, features + n)[:batch]
+        xh = self._buffer("xh", batch, features + n)
         xh[:, features:] = states[0]
         x, mask = np.ascontiguousarray(x, np.float32), np.ascontiguousarray(mask)
         prefix = _prefix_rows(mask)  # per step, how many rows (the first ones) have an event
         rows = np.array(prefix if prefix is not None else [batch] * steps, np.int64)
-        width = self.kernel.shape[1]
         if self.kind == "LSTM":
-            c = self._buffer("c", batch, n)[:batch]
+            c = self._buffer("c", batch, n)
             c[:] = states[1]
-            z = self._buffer("z", batch, width)[:batch]
+            z = self._buffer("z", batch, self.kernel.shape[1])
             k.lstm_layer(x, rows, mask, self.kernel, self.bias, self.zero_output, xh, c, z, out, self.act, self.rec)
             return out, [xh[:, features:], c]
         if not self.gru:
-            z = self._buffer("z", batch, width)[:batch]
+            z = self._buffer("z", batch, self.kernel.shape[1])
             k.simple_layer(x, rows, mask, self.kernel, self.bias[0], self.zero_output, xh, z, out, self.act)
             return out, [xh[:, features:]]
         k.gru_layer(
             x, rows, mask, self.kernel, self.recurrent, self.candidate, self.bias, self.rec_bias,
             self.reset_after, self.zero_output, xh,
-            self._buffer("xw", batch, 3 * n)[:batch], self._buffer("hu", batch, self.recurrent.shape[1])[:batch],
-            self._buffer("rh", batch, n)[:batch], self._buffer("rhu", batch, n)[:batch], out, self.act, self.rec,
+            self._buffer("xw", batch, 3 * n), self._buffer("hu", batch, self.recurrent.shape[1]),
+            self._buffer("rh", batch, n), self._buffer("rhu", batch, n), out, self.act, self.rec,
         )  # fmt: skip
         return out, [xh[:, features:]]
 
