@@ -159,6 +159,8 @@ class Worker:
                 # keys the poll brings; no polling while a round's worth of work is pending
                 msgs = [] if batcher.backlogged() else self._poll()
                 clock.lap("poll")
+                # a round stepped meanwhile: its predictions leave now, not after this poll's decode
+                self.rounds.collect(self.commits.producer, wait=False)
                 if self._restoring:
                     self._advance_restore()
                     clock.lap("restore")

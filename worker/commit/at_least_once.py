@@ -16,9 +16,6 @@ from worker.state.store import StateStore
 from worker.watchdog import guard
 
 log = logging.getLogger(__name__)
-# the fewest states produced per loop iteration after a commit point, so that the long iterations
-# of a backlog still make progress; otherwise time paces them (docs/performance.md, "State writes after a commit point")
-STATE_WRITE_SLICE = 32
 _SYNC_COMMIT_LIMIT_S = 60.0  # a synchronous offset commit, which has no timeout of its own
 
 
@@ -41,7 +38,7 @@ class AtLeastOnce(CommitProtocol):
 
     def between_rounds(self) -> None:
         share = (time.monotonic() - self._queued_at) / (self._interval_s / 2)
-        self.store.write_queued_share(self.producer, self.progress.state_topic, share, STATE_WRITE_SLICE)
+        self.store.write_queued_share(self.producer, self.progress.state_topic, share)
         if self._pending and not self.store.queued and not self.store.cache.writing:
             self._commit_pending(wait=False)
 

@@ -32,6 +32,8 @@ from worker.state.cache import EntityId, StateCache
 log = logging.getLogger(__name__)
 
 _UNSEEN = -(2**63)  # the src of a key no state record of has been read yet
+# of the cache's rows, the most whose queued states a commit point's rounds set aside
+KEPT_SHARE = 0.25
 
 
 class _Versions:
@@ -107,9 +109,9 @@ def fresh_records(src: np.ndarray, newest: np.ndarray, keys: list[bytes]) -> np.
 @dataclass
 class _Queued:
     """The rows a commit point took, to be produced in slices between rounds, from the cache
-    itself: a row holds the commit point's state until a round changes it, and a round first
-    produces its rows still queued (`StateStore.settle`). No copy is taken: one into fresh memory
-    stalled the loop at every commit point (docs/performance.md, "State writes after a commit point")."""
+    itself: a row holds the commit point's state until a round changes it, and a round first sets
+    aside its rows still queued (`StateStore.settle`), so only those are copied, when they change
+    (docs/performance.md, "State writes after a commit point")."""
 
     ids: list[EntityId]
     rows: np.ndarray
@@ -120,10 +122,34 @@ class _Queued:
     done: np.ndarray = field(init=False)  # produced already: in order from the front, or ahead by `settle`
     left: int = field(init=False)
     front: int = 0  # every record before it is done
+    kept: np.ndarray | None = None  # the commit point's states of rows a round changed, set aside
+    kept_at: np.ndarray = field(init=False)  # record -> its row of `kept`, -1 where the cache holds it
+    kept_count: int = 0
 
     def __post_init__(self) -> None:
         self.done = np.zeros(len(self.rows), dtype=bool)
         self.left = len(self.rows)
+        self.kept_at = np.full(len(self.rows), -1, dtype=np.int64)
+
+    def keep(self, which: np.ndarray, states: np.ndarray, limit: int) -> None:
+        """Set these records' states aside, before a round changes their rows in the cache: at
+        most `limit` of them in all, in one allocation whose pages are touched as rows fill it
+        (growing it by copies stalled the rounds right after a commit point)."""
+        count = self.kept_count + len(which)
+        if self.kept is None:
+            self.kept = np.empty((min(len(self.rows), limit), states.shape[1]), np.float32)
+        self.kept[self.kept_count : count] = states
+        self.kept_at[which] = np.arange(self.kept_count, count)
+        self.kept_count = count
+
+    def states(self, which: np.ndarray, cache: np.ndarray) -> np.ndarray:
+        """These records' states: from the cache, or as set aside."""
+        states = cache[self.rows[which]]
+        at = self.kept_at[which]
+        aside = at >= 0
+        if self.kept is not None and aside.any():
+            states[aside] = self.kept[at[aside]]
+        return states
 
     def next(self, limit: int | None) -> np.ndarray:
         """Indexes of the next `limit` (all when None) records not produced yet, in order."""
@@ -135,7 +161,11 @@ class _Queued:
         if not len(keep):
             return None
         ids = [self.ids[i] for i in keep.tolist()]
-        return _Queued(ids, self.rows[keep], self.step[keep], self.partitions[keep], self.src[keep], self.ts[keep])
+        queue = _Queued(ids, self.rows[keep], self.step[keep], self.partitions[keep], self.src[keep], self.ts[keep])
+        aside = np.flatnonzero(self.kept_at[keep] >= 0)
+        if self.kept is not None and len(aside):
+            queue.keep(aside, self.kept[self.kept_at[keep[aside]]], len(self.kept))
+        return queue
 
 
 class StateStore:
@@ -170,6 +200,8 @@ class StateStore:
         # cache row -> its record's index in the queue, -1 when not queued: a round's rows are
         # looked up with one NumPy call (4 bytes per key of capacity)
         self._slot = np.full(cache.capacity, -1, dtype=np.int32)
+        # queued states set aside at most (a bound on the memory that costs); the rest go out when changed
+        self.keep_limit = max(1, int(cache.capacity * KEPT_SHARE))
 
     # -- restore and forget -------------------------------------------------------
 
@@ -478,21 +510,32 @@ class StateStore:
         return self._produce_queued(producer, topic, which)
 
     def settle(self, producer: OutputProducer, topic: str, rows: np.ndarray) -> int:
-        """Produce the queued states of these rows now, before a change to them."""
-        if self._queue is None:  # the common case once a commit point's states are out
+        """Before a round changes these rows: the queued states among them set aside, to go out in
+        their turn, not all in the rounds right after a commit point (a burst the broker serves
+        before the predictions behind it); past `keep_limit` states set aside, produced now.
+        Returns how many were set aside or produced."""
+        queue = self._queue
+        if queue is None:  # the common case once a commit point's states are out
             return 0
         at = self._slot[rows]
         at = at[at >= 0]
+        at = at[queue.kept_at[at] < 0]  # set aside already: the commit point's state is safe
         if not len(at):
             return 0
-        return self._produce_queued(producer, topic, np.sort(at))
+        at = np.sort(at)
+        room = max(0, self.keep_limit - queue.kept_count)
+        if room:
+            queue.keep(at[:room], self.cache.states[queue.rows[at[:room]]], self.keep_limit)
+        return min(room, len(at)) + self._produce_queued(producer, topic, at[room:])
 
     def _produce_queued(self, producer: OutputProducer, topic: str, which: np.ndarray) -> int:
         queue = self._queue
         if queue is None or not len(which):
             return 0
         rows, src, ts = queue.rows[which], queue.src[which], queue.ts[which]
-        values = self.encoder.encode(self.cache.states[rows], queue.step[which], queue.partitions[which], src, ts)
+        values = self.encoder.encode(
+            queue.states(which, self.cache.states), queue.step[which], queue.partitions[which], src, ts
+        )
         ids = [queue.ids[i] for i in which.tolist()]
         producer.produce_many(topic, ids, values)
         self._track(ids, ts, src)
@@ -504,15 +547,15 @@ class StateStore:
         self.metrics.state_writes.labels("state").inc(len(which))
         return len(which)
 
-    def write_queued_share(self, producer: OutputProducer, topic: str, share: float, at_least: int) -> int:
-        """Produce queued states until `share` (0 to 1) of those the commit point took are
-        out, and at least `at_least` of them: paced by time, not by loop iterations, which
-        are long under a backlog."""
+    def write_queued_share(self, producer: OutputProducer, topic: str, share: float) -> int:
+        """Produce queued states until `share` (0 to 1) of those the commit point took are out:
+        paced by time, not by loop iterations, which are short at light load and long under a
+        backlog (a fixed number per iteration sent them in bursts right after a commit point)."""
         queue = self._queue
         if queue is None:
             return 0
         due = math.ceil(min(1.0, share) * len(queue.ids)) - (len(queue.ids) - queue.left)
-        return self.write_queued(producer, topic, max(due, at_least))
+        return self.write_queued(producer, topic, due) if due > 0 else 0
 
     def write_dirty(self, producer: OutputProducer, topic: str) -> int:
         """Produce every queued and dirty state now (caller has flushed the predictions before);
@@ -558,8 +601,9 @@ class StateStore:
 
     def _tombstone(self, producer: OutputProducer, topic: str, eid: EntityId) -> None:
         row = self.cache.row_of(eid)
-        if row is not None:  # a queued state of the key goes first, or it would outlive the tombstone
-            self.settle(producer, topic, np.array([row], dtype=np.int64))
+        if row is not None and self._queue is not None and (at := int(self._slot[row])) >= 0:
+            # a queued state of the key goes first, or it would outlive the tombstone
+            self._produce_queued(producer, topic, np.array([at], dtype=np.int64))
         producer.produce(topic, eid[1], None, eid[0])
         self.cache.remove(eid)
         self.ended.pop(eid, None)

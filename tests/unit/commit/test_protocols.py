@@ -6,6 +6,7 @@ failed commit is redone (at least once) or rolled back to committed state (exact
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -220,8 +221,8 @@ class Loop:
         self.protocol.lost()
 
 
-def at_least_once(loop: Loop) -> CommitProtocol:
-    return AtLeastOnce(loop.new_producer(), loop.store, loop.progress, Metrics(), interval_s=1.0)  # type: ignore[arg-type]
+def at_least_once(loop: Loop, interval_s: float = 1.0) -> CommitProtocol:
+    return AtLeastOnce(loop.new_producer(), loop.store, loop.progress, Metrics(), interval_s)  # type: ignore[arg-type]
 
 
 def exactly_once(loop: Loop) -> CommitProtocol:
@@ -254,7 +255,7 @@ def test_at_least_once_orders_predictions_states_offsets_under_any_interleaving(
 
 
 def test_at_least_once_redoes_a_failed_commit_at_the_next_commit_point():
-    loop = Loop(at_least_once)
+    loop = Loop(functools.partial(at_least_once, interval_s=1e-9))  # every queued state due at once
     loop.round([(0, b"a"), (1, b"b")])
     loop.protocol.commit_point(wait=False)  # flush, then queue the states
     loop.protocol.between_rounds()  # the states produced
