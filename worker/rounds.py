@@ -2,9 +2,10 @@
 
 With `overlap`, a round's step runs on a thread of its own while the loop polls, decodes and
 produces around it (BLAS and the fused kernel release the GIL): a round lands (its states into
-the cache) before the next one starts, and its predictions leave while the next one steps
-(docs/performance.md, "Step overlap"). Imports nothing of Kafka but the producer it is handed;
-the model is anything with a batched, masked, state-carrying `step`.
+the cache) before the next one steps, before it even gathers its states where the two share a
+key, and its predictions leave while the next one steps (docs/performance.md, "Step overlap").
+Imports nothing of Kafka but the producer it is handed; the model is anything with a batched,
+masked, state-carrying `step`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from worker.batching import Packed, Round
 from worker.formats import PredictionEncoding
 from worker.kafka.output import OutputProducer
 from worker.metrics import Metrics, PhaseClock
+from worker.state.cache import EntityId
 from worker.state.store import StateStore
 
 Stepped = tuple[np.ndarray, np.ndarray, float]  # outputs, new states, the step's own seconds
@@ -80,6 +82,7 @@ class RoundRunner:
         self.stream_time: dict[int, int] = {}  # partition -> newest event ts applied
         self._stepper = ThreadPoolExecutor(1, thread_name_prefix="step") if overlap else None
         self._flight: tuple[_Gathered, Future[Stepped]] | None = None
+        self._flight_keys: set[EntityId] = set()  # the keys of the round in flight
         self._landed: _Landed | None = None
 
     def warm_up(self) -> None:
@@ -97,9 +100,14 @@ class RoundRunner:
         return self._flight is not None
 
     def run(self, rnd: Round, producer: OutputProducer) -> None:
-        """Start a round; the one before lands first, since its keys may be this one's too."""
-        self.land()
+        """Start a round. A key of the round in flight steps here from what that one leaves, so
+        that one lands first; a round with none of its keys gathers its states while it steps."""
+        beside = self._flight is not None and self._flight_keys.isdisjoint(rnd.ids)
+        if not beside:
+            self.land()
         gathered = self._gather(rnd, producer)
+        if beside:
+            self.land()
         if gathered is not None:
             round_, state = gathered
             x, mask = round_.packed.x, round_.packed.mask
@@ -109,6 +117,7 @@ class RoundRunner:
                 self._land(round_, stepped)
             else:
                 self._flight = round_, self._stepper.submit(self._step, x, mask, state)
+                self._flight_keys = set(round_.rnd.ids)
         self._publish(producer)  # the round before's predictions, while this one steps
 
     def collect(self, producer: OutputProducer, wait: bool) -> None:

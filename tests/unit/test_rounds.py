@@ -1,13 +1,15 @@
 """Rounds with the step on a thread of its own (`overlap`) give what rounds on the loop's thread give.
 
-What must hold (worker/rounds.py): a round lands before the next one starts, so a key in two
-rounds running back to back steps from the state the first one left; a round's predictions are
+What must hold (worker/rounds.py): a round lands before the next one steps, and before it
+gathers its states where the two share a key, so a key in two rounds running back to back steps
+from the state the first one left; a round's predictions are
 produced only once it has landed, right after the next round's step has begun, or by
 `collect`/`finish`; nothing is applied twice. No broker and no network: the model is a running
 sum and the producer only records what it is given.
 """
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -131,6 +133,37 @@ def test_a_round_in_flight_is_produced_once_landed_and_never_before():
     rounds.finish(producer)
     assert predictions(producer)[-1] == (b"a", 2, 2, 2.0)  # from the state the first round left
     rounds.close()
+
+
+@pytest.mark.parametrize(("keys", "gathered_beside"), [([b"c", b"d"], True), ([b"d", b"a"], False)])
+def test_a_round_gathers_its_states_while_the_one_before_steps_only_if_they_share_no_key(keys, gathered_beside):
+    gate = threading.Event()
+    rounds, producer = runner(RunningSum(gate), overlap=True), RecordingProducer()
+    batcher = Batcher(8, 4)
+    batcher.add(events([b"a", b"b"], 0))
+    rounds.run(batcher.take(), producer)  # in flight until the gate opens
+    batcher.add(events(keys, 2))
+    second = threading.Thread(target=rounds.run, args=(batcher.take(), producer))
+    second.start()  # gathers (or not), then waits for the first round to land
+    cache = rounds.store.cache
+    for _ in range(100):  # its new key d gets a row when its states are gathered
+        if (0, b"d") in cache:
+            break
+        time.sleep(0.01)
+    gathered, produced = (0, b"d") in cache, list(producer.records)
+    gate.set()
+    assert gathered == gathered_beside
+    assert produced == []  # the first round had not landed
+    second.join(10)
+    rounds.finish(producer)
+    rounds.close()
+    got = {(key, off): (step, y) for key, off, step, y in predictions(producer)}
+    assert got[(b"a", 0)] == (1, 0.0) and got[(b"b", 1)] == (1, 1.0)
+    assert got[(keys[0], 2)] == (1, 2.0)
+    if gathered_beside:
+        assert got[(b"d", 3)] == (1, 3.0)
+    else:
+        assert got[(b"a", 3)] == (2, 3.0)  # a's second step, from the state the first round left
 
 
 def test_a_step_that_fails_raises_where_the_round_lands():
