@@ -8,6 +8,7 @@ printed with its ratio to the msgpack row of the same run. The Avro rows need a 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import statistics
 import time
@@ -40,6 +41,33 @@ def _orjson_then_python(values: list[bytes]) -> list[tuple[list[float], Any, boo
     return out
 
 
+def _fastavro_reads(values: list[bytes], schema: dict[str, Any]) -> list[Any]:
+    """Each body by fastavro's reader, as the worker reads a writer schema other than its own."""
+    from fastavro import parse_schema, schemaless_reader
+
+    parsed = parse_schema(schema)
+    out = []
+    for value in values:
+        body = io.BytesIO(value)
+        body.seek(5)  # the framing
+        out.append(schemaless_reader(body, parsed, None))
+    return out
+
+
+def _fastavro_writes(y: np.ndarray, ints: tuple[np.ndarray, ...], schema: dict[str, Any]) -> list[bytes]:
+    """Each prediction by fastavro's writer, a dict per record (the worker's encoder before)."""
+    from fastavro import parse_schema, schemaless_writer
+
+    parsed, out = parse_schema(schema), []
+    for values, t, p, o, s in zip(y.tolist(), *(column.tolist() for column in ints), strict=True):
+        body = io.BytesIO()
+        schemaless_writer(
+            body, parsed, {"y": values, "ts": t, "src": {"partition": p, "offset": o}, "step": s, "model": "fp"}
+        )
+        out.append(body.getvalue())
+    return out
+
+
 def candidates(n: int, registry_url: str | None) -> tuple[list[Candidate], list[Candidate]]:
     rng = np.random.default_rng(0)
     xs = rng.standard_normal((n, FEATURES)).astype(np.float32)
@@ -64,7 +92,7 @@ def candidates(n: int, registry_url: str | None) -> tuple[list[Candidate], list[
         from confluent_kafka.schema_registry.avro import AvroDeserializer
         from confluent_kafka.serialization import MessageField, SerializationContext
 
-        from worker.formats.avro import EVENT_SCHEMA
+        from worker.formats.avro import EVENT_SCHEMA, PREDICTION_SCHEMA
         from worker.formats.registry import connect_registry
 
         client = connect_registry(RegistryConfig(registry_url))
@@ -74,16 +102,18 @@ def candidates(n: int, registry_url: str | None) -> tuple[list[Candidate], list[
         context = SerializationContext("bench-codecs", MessageField.VALUE)
         decode += [
             (
-                "avro, fastavro (worker)",
+                "avro, fixed layout (worker)",
                 lambda: event_decoder("avro", FEATURES, 1 << 20, client).decode(avro_values, no_ts),
             ),
+            ("avro, fastavro per record", lambda: _fastavro_reads(avro_values, EVENT_SCHEMA)),  # type: ignore[arg-type]
             ("avro, confluent's AvroDeserializer", lambda: [deserialize(v, context) for v in avro_values]),
         ]
         encode += [
             (
-                "avro, fastavro (worker)",
+                "avro, fixed layout (worker)",
                 lambda: prediction_encoder("avro", 1, "fp", "bench-codecs", client).encode(y, *ints),
             ),
+            ("avro, fastavro per record", lambda: _fastavro_writes(y, ints, PREDICTION_SCHEMA)),
         ]
     return decode, encode
 

@@ -1,11 +1,12 @@
 """Avro values in the Schema Registry framing: magic byte 0, a 4-byte schema id, the Avro body.
 
 Events are read with any writer schema that resolves to EVENT_SCHEMA; predictions are written
-with PREDICTION_SCHEMA, registered under `<output-topic>-value`. The registry client and the
-serdes are confluent-kafka's (schemas by id, cached) and fastavro's (the bodies): fastavro
-decodes each record straight from one buffer, as confluent's AvroDeserializer costs several
-times more per record (docs/performance.md, "Avro"). Producers and readers use confluent's
-AvroSerializer and AvroDeserializer as they are.
+with PREDICTION_SCHEMA, registered under `<output-topic>-value`. The registry client is
+confluent-kafka's (schemas by id, cached). Events of EVENT_SCHEMA itself and the predictions
+go by their fixed layout (worker.formats.avro_fixed); every other body is fastavro's, straight
+from the value's bytes, as confluent's AvroDeserializer costs several times more per record
+(docs/performance.md, "Avro"). Producers and readers use confluent's AvroSerializer and
+AvroDeserializer as they are.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import numpy as np
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
-from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro import parse_schema, schemaless_reader
 
 from worker.codec import DecodedEvents, Prediction
 from worker.errors import CodecError, RegistryError
 from worker.formats import EventEncoding, PredictionDecoding, RecordTimestamps
+from worker.formats.avro_fixed import HEADER, FixedEvents, read_fixed, write_predictions
 
 log = logging.getLogger(__name__)
 NAMESPACE = "lstm_worker"
@@ -58,7 +60,6 @@ PREDICTION_SCHEMA: dict[str, Any] = {
         {"name": "model", "type": "string"},
     ],
 }
-_HEADER = 5  # magic byte 0 and the schema id, big-endian
 # how long a registry that does not answer (not one that says no) is waited for before the worker
 # stops, without committing past the records it could not read
 REGISTRY_WAIT_S = 60.0
@@ -100,6 +101,13 @@ class _WriterSchemas:
             return parsed, None
         return parsed, self._reader
 
+    def is_reader(self, id_bytes: bytes) -> bool:
+        """The id is of the reader schema itself (False for one the registry does not have)."""
+        try:
+            return self(id_bytes)[1] is None
+        except CodecError:
+            return False
+
     def _lookup(self, schema_id: int) -> Schema:
         """The registry's schema; a registry that does not answer is waited for (REGISTRY_WAIT_S)."""
         started, pause = time.monotonic(), 0.2
@@ -136,29 +144,34 @@ class AvroEventDecoder:
             return CodecError("decode", "value is empty (null)")
         if len(value) > self.max_bytes:
             return CodecError("too_large", f"value has {len(value)} bytes, the limit is {self.max_bytes}")
-        if len(value) <= _HEADER or value[0] != 0:
+        if len(value) <= HEADER or value[0] != 0:
             return CodecError("framing", "not in the Schema Registry framing (magic byte 0, 4-byte schema id, body)")
         return None
 
     def decode(self, values: list[bytes | None], record_ts: RecordTimestamps) -> DecodedEvents:
-        """Each body straight from the value's bytes by fastavro, in one loop with no call of ours
-        per record but the schema's (cached by id)."""
+        """Values of the reader schema's own fixed layout by a few NumPy calls (worker.formats.
+        avro_fixed); every other body straight from the value's bytes by fastavro, in one loop with
+        no call of ours per record but the schema's (cached by id)."""
         n, features, schemas = len(values), self.features, self._schemas
+        fixed_at, fixed = self._fixed(values)
+        left = np.ones(n, bool)
+        left[fixed_at] = False
         rejected: list[tuple[int, CodecError]] = []
         good: list[int] = []
         rows: list[list[float]] = []
         stamps: list[int | None] = []
         flags: list[tuple[bool, bool]] = []
-        for i, value in enumerate(values):
+        for i in np.flatnonzero(left).tolist():
+            value = values[i]
             refusal = self._refusal(value)
             if refusal is not None:
                 rejected.append((i, refusal))
                 continue
             assert value is not None  # refused above
             body = io.BytesIO(value)
-            body.seek(_HEADER)
+            body.seek(HEADER)
             try:
-                writer, reader = schemas(value[1:_HEADER])
+                writer, reader = schemas(value[1:HEADER])
                 record: Any = schemaless_reader(body, writer, reader)
             except CodecError as exc:
                 rejected.append((i, exc))
@@ -177,7 +190,19 @@ class AvroEventDecoder:
                 rows.append(x)
                 stamps.append(record["ts"])
                 flags.append((record["reset"], record["end"]))
-        return self._columns(n, good, rows, stamps, flags, rejected, record_ts)
+        return self._columns(n, good, rows, stamps, flags, rejected, record_ts, fixed_at, fixed)
+
+    def _fixed(self, values: list[bytes | None]) -> tuple[np.ndarray, FixedEvents]:
+        """The values of the reader schema read by their fixed layout: their indexes, their columns."""
+        most = self.max_bytes
+        framed = [
+            i for i, value in enumerate(values) if value is not None and HEADER < len(value) <= most and value[0] == 0
+        ]
+        ids = {values[i][1:HEADER] for i in framed}  # type: ignore[index]  # None is not framed
+        readers = {id_bytes for id_bytes in ids if self._schemas.is_reader(id_bytes)}  # once per id and poll
+        at = framed if readers == ids else [i for i in framed if values[i][1:HEADER] in readers]  # type: ignore[index]
+        fixed = read_fixed([values[i] for i in at], self.features)  # type: ignore[misc]
+        return np.array(at, np.int64)[fixed.ok], fixed.select(fixed.ok)
 
     def _columns(
         self,
@@ -188,48 +213,43 @@ class AvroEventDecoder:
         flags: list[tuple[bool, bool]],
         rejected: list[tuple[int, CodecError]],
         record_ts: RecordTimestamps,
+        fixed_at: np.ndarray,
+        fixed: FixedEvents,
     ) -> DecodedEvents:
         x = np.zeros((n, self.features), dtype=np.float32)
         ts = np.zeros(n, dtype=np.int64)
         reset, end, ok = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+        x[fixed_at], ts[fixed_at], reset[fixed_at], end[fixed_at] = fixed.x, fixed.ts, fixed.reset, fixed.end
+        untimed = fixed_at[~fixed.timed].tolist() + [good[j] for j, stamp in enumerate(stamps) if stamp is None]
         if good:
-            untimed = [j for j, stamp in enumerate(stamps) if stamp is None]
-            for j, stamp in zip(untimed, record_ts([good[j] for j in untimed]) if untimed else [], strict=True):
-                stamps[j] = stamp
             with np.errstate(over="ignore"):  # a double beyond float32's range is infinite, refused below
                 x[good] = np.array(rows, dtype=np.float32)
-            ts[good] = stamps  # type: ignore[assignment]  # none is None now
+            ts[good] = [0 if stamp is None else stamp for stamp in stamps]
             reset[good], end[good] = np.array(flags, dtype=bool).T
-            ok[good] = True
-            infinite = np.array(good)[~np.isfinite(x[good]).all(axis=1)]
-            if len(infinite):
-                ok[infinite] = False
-                rejected += [(i, CodecError("non_finite", "x holds NaN or infinity")) for i in infinite.tolist()]
-                rejected.sort(key=lambda item: item[0])
+        if untimed:  # the record's own timestamp
+            ts[untimed] = record_ts(untimed)
+        ok[fixed_at] = ok[good] = True
+        decoded = np.flatnonzero(ok)
+        infinite = decoded[~np.isfinite(x[decoded]).all(axis=1)]
+        if len(infinite):
+            ok[infinite] = False
+            rejected += [(i, CodecError("non_finite", "x holds NaN or infinity")) for i in infinite.tolist()]
+            rejected.sort(key=lambda item: item[0])
         return DecodedEvents(ok, x, ts, reset, end, rejected)
 
 
 class AvroPredictionEncoder:
-    """A round's predictions in one buffer, cut at each record's end."""
+    """A round's predictions laid out together by their fixed schema (worker.formats.avro_fixed),
+    the bytes fastavro writes for each."""
 
     def __init__(self, registry: SchemaRegistryClient, topic: str, model: str) -> None:
-        self.model = model
-        self._schema = parse_schema(PREDICTION_SCHEMA)
+        self.model = model.encode()
         self._framing = framing(register(registry, value_subject(topic), PREDICTION_SCHEMA))
 
     def encode(
         self, y: np.ndarray, ts: np.ndarray, partition: np.ndarray, offset: np.ndarray, step: np.ndarray
     ) -> list[bytes]:
-        out, ends, schema, head, model = io.BytesIO(), [], self._schema, self._framing, self.model
-        for values, t, p, o, s in zip(
-            y.tolist(), ts.tolist(), partition.tolist(), offset.tolist(), step.tolist(), strict=True
-        ):
-            out.write(head)
-            record = {"y": values, "ts": t, "src": {"partition": p, "offset": o}, "step": s, "model": model}
-            schemaless_writer(out, schema, record)
-            ends.append(out.tell())
-        buf = out.getbuffer()
-        return [bytes(buf[start:stop]) for start, stop in zip([0, *ends[:-1]], ends, strict=True)]
+        return write_predictions(self._framing, y, (ts, partition, offset, step), self.model)
 
 
 def register(registry: SchemaRegistryClient, subject: str, schema: dict[str, Any]) -> int:
