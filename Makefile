@@ -73,7 +73,7 @@ test: venv peer tools lint ## everything CI runs: lint, unit and integration tes
 	deploy/kafka/fetch.sh >/dev/null
 	deploy/toxiproxy/fetch.sh >/dev/null
 	deploy/registry/fetch.sh >/dev/null
-	$(BIN)/pytest tests -q
+	$(BIN)/pytest tests -q --durations=20
 
 demo: venv ## broker, model, two workers, 50k events with a live progress line, verification, PNG plot
 	deploy/demo.sh
