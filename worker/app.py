@@ -236,7 +236,9 @@ class Worker:
         self._restore_job = None
         self._restoring -= done
         for p in done & self._seek_back.keys():  # records that slipped through the pause
-            self.consumer.seek(TopicPartition(self.config.input_topic, p, self._seek_back.pop(p)))
+            offset = self._seek_back.pop(p)
+            log.info("partition=%d: records fetched while restoring, read again from offset=%d", p, offset)
+            self.consumer.seek(TopicPartition(self.config.input_topic, p, offset))
         self.consumer.resume([TopicPartition(self.config.input_topic, p) for p in sorted(done)])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
