@@ -21,7 +21,6 @@ from worker.batching import Packed, Round
 from worker.formats import PredictionEncoding
 from worker.kafka.output import OutputProducer
 from worker.metrics import Metrics, PhaseClock
-from worker.state.cache import EntityId
 from worker.state.store import StateStore
 
 Stepped = tuple[np.ndarray, np.ndarray, float]  # outputs, new states, the step's own seconds
@@ -82,7 +81,6 @@ class RoundRunner:
         self.stream_time: dict[int, int] = {}  # partition -> newest event ts applied
         self._stepper = ThreadPoolExecutor(1, thread_name_prefix="step") if overlap else None
         self._flight: tuple[_Gathered, Future[Stepped]] | None = None
-        self._flight_keys: set[EntityId] = set()  # the keys of the round in flight
         self._landed: _Landed | None = None
 
     def warm_up(self) -> None:
@@ -102,7 +100,7 @@ class RoundRunner:
     def run(self, rnd: Round, producer: OutputProducer) -> None:
         """Start a round. A key of the round in flight steps here from what that one leaves, so
         that one lands first; a round with none of its keys gathers its states while it steps."""
-        beside = self._flight is not None and self._flight_keys.isdisjoint(rnd.ids)
+        beside = self._flight is not None and set(self._flight[0].rnd.ids).isdisjoint(rnd.ids)
         if not beside:
             self.land()
         gathered = self._gather(rnd, producer)
@@ -117,7 +115,6 @@ class RoundRunner:
                 self._land(round_, stepped)
             else:
                 self._flight = round_, self._stepper.submit(self._step, x, mask, state)
-                self._flight_keys = set(round_.rnd.ids)
         self._publish(producer)  # the round before's predictions, while this one steps
 
     def collect(self, producer: OutputProducer, wait: bool) -> None:

@@ -194,14 +194,13 @@ class AvroEventDecoder:
 
     def _fixed(self, values: list[bytes | None]) -> tuple[np.ndarray, FixedEvents]:
         """The values of the reader schema read by their fixed layout: their indexes, their columns."""
-        most = self.max_bytes
-        framed = [
-            i for i, value in enumerate(values) if value is not None and HEADER < len(value) <= most and value[0] == 0
-        ]
-        ids = {values[i][1:HEADER] for i in framed}  # type: ignore[index]  # None is not framed
+        framed = [(i, value) for i, value in enumerate(values) if value is not None and self._refusal(value) is None]
+        ids = {value[1:HEADER] for _, value in framed}
         readers = {id_bytes for id_bytes in ids if self._schemas.is_reader(id_bytes)}  # once per id and poll
-        at = framed if readers == ids else [i for i in framed if values[i][1:HEADER] in readers]  # type: ignore[index]
-        fixed = read_fixed([values[i] for i in at], self.features)  # type: ignore[misc]
+        if readers != ids:
+            framed = [(i, value) for i, value in framed if value[1:HEADER] in readers]
+        at = [i for i, _ in framed]
+        fixed = read_fixed([value for _, value in framed], self.features)
         return np.array(at, np.int64)[fixed.ok], fixed.select(fixed.ok)
 
     def _columns(
